@@ -1,0 +1,195 @@
+// roi_pool on the CPU: quantized bins, max with an int32 argmax, and its scatter backward.
+// Same task split as roi_align: (roi, channel block) forward, (image, channel block) backward.
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu_common.h"
+#include "jax_roi/dtypes.h"
+#include "jax_roi/ffi_checks.h"
+#include "jax_roi/roi_math.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_roi {
+namespace cpu {
+namespace {
+
+template <typename T, bool kCL>
+void PoolFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out, int32_t* argmax,
+                 const RoiShape& s, double scale, int64_t k, int64_t c0, int64_t cb) {
+  using A = typename Accum<T>::type;
+  const A* roi = rois + 5 * k;
+  const int64_t n = RoiBatchIndex(roi, s.n);
+  PoolAxis<A> ay{}, ax{};
+  if (n >= 0) {
+    ax = RoiPoolAxis(roi[1], roi[3], static_cast<A>(scale), s.pw);
+    ay = RoiPoolAxis(roi[2], roi[4], static_cast<A>(scale), s.ph);
+  }
+  const bool ok = n >= 0 && ax.ok && ay.ok;
+  const int64_t cstep = kCL ? 1 : s.h * s.w;
+  A best[64];
+  int32_t idx[64];
+  for (int64_t p = 0; p < s.ph; ++p) {
+    const PixelRange ry = ok ? PoolBin(ay, p, s.h) : PixelRange{0, 0};
+    for (int64_t q = 0; q < s.pw; ++q) {
+      const PixelRange rx = ok ? PoolBin(ax, q, s.w) : PixelRange{0, 0};
+      std::fill(best, best + cb, A(0));
+      std::fill(idx, idx + cb, -1);
+      if (ok) {
+        const T* base = feat + FeatureIndex<kCL>(s, n, c0, 0, 0);
+        for (int64_t y = ry.begin; y < ry.end; ++y) {
+          for (int64_t x = rx.begin; x < rx.end; ++x) {
+            const int64_t off = FeatureIndex<kCL>(s, 0, 0, y, x);
+            const int32_t pixel = static_cast<int32_t>(y * s.w + x);
+            for (int64_t c = 0; c < cb; ++c) {
+              const A v = Load<A>(base[off + c * cstep]);
+              if (idx[c] < 0 || v > best[c]) {
+                best[c] = v;
+                idx[c] = pixel;
+              }
+            }
+          }
+        }
+      }
+      for (int64_t c = 0; c < cb; ++c) {
+        const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
+        out[o] = Store<T>(best[c]);
+        argmax[o] = idx[c];
+      }
+    }
+  }
+}
+
+template <typename T, bool kCL>
+void PoolBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32_t* argmax,
+                 T* dfeat, const RoiShape& s, int64_t n, int64_t c0, int64_t cb) {
+  using A = typename Accum<T>::type;
+  GradTarget<T, A, kCL> target(dfeat, s, n, c0, cb);
+  const int64_t plane = s.h * s.w;
+  for (int64_t k = 0; k < s.k; ++k) {
+    if (RoiBatchIndex(rois + 5 * k, s.n) != n) continue;
+    for (int64_t c = 0; c < cb; ++c) {
+      for (int64_t p = 0; p < s.ph; ++p) {
+        for (int64_t q = 0; q < s.pw; ++q) {
+          const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
+          const int64_t pixel = argmax[o];
+          if (pixel < 0 || pixel >= plane) continue;
+          *target.At(c, pixel / s.w, pixel % s.w) += Load<A>(grad[o]);
+        }
+      }
+    }
+  }
+  target.Finish();
+}
+
+ffi::Error CheckPoolAttrs(const std::string& op, int64_t ph, int64_t pw, double scale,
+                          RoiShape* s) {
+  if (!(scale > 0) || !IsFinite(scale)) {
+    return InvalidArgument(op, "spatial_scale must be a positive finite number, got " +
+                                   std::to_string(scale));
+  }
+  return CheckPooledSize(op, ph, pw, 0, s);
+}
+
+ffi::Future RoiPoolFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                           ffi::Result<ffi::AnyBuffer> out,
+                           ffi::Result<ffi::Buffer<ffi::S32>> argmax, int64_t pooled_h,
+                           int64_t pooled_w, double spatial_scale, bool channels_last) {
+  const std::string op = "roi_pool_fwd";
+  RoiShape s;
+  s.channels_last = channels_last;
+  if (auto e = ReadFeatureShape(op, "features", features.dimensions(), channels_last, &s);
+      e.failure())
+    return ErrorFuture(e);
+  if (auto e = ReadRois(op, rois, features.element_type(), &s); e.failure()) return ErrorFuture(e);
+  if (auto e = CheckPoolAttrs(op, pooled_h, pooled_w, spatial_scale, &s); e.failure())
+    return ErrorFuture(e);
+  if (auto e = CheckPooledShape(op, "output", out->dimensions(), &s); e.failure())
+    return ErrorFuture(e);
+  if (auto e = CheckPooledShape(op, "argmax", argmax->dimensions(), &s); e.failure())
+    return ErrorFuture(e);
+  if (out->element_type() != features.element_type())
+    return ErrorFuture(InvalidArgument(op, "output dtype must equal the features dtype"));
+  int32_t* am = argmax->typed_data();
+  return VisitFloatType(features.element_type(), op, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Accum<T>::type;
+    const T* f = reinterpret_cast<const T*>(features.untyped_data());
+    const A* r = reinterpret_cast<const A*>(rois.untyped_data());
+    T* o = reinterpret_cast<T*>(out->untyped_data());
+    const int64_t cb = ChannelBlock(s.c);
+    const int64_t blocks = CeilDiv(s.c, cb);
+    return ParallelFor(pool, s.k * blocks, s.k * s.c * s.ph * s.pw * 8, [=](int64_t t) {
+      const int64_t k = t / blocks, c0 = (t % blocks) * cb, n = std::min(cb, s.c - c0);
+      if (s.channels_last) PoolFwdTask<T, true>(f, r, o, am, s, spatial_scale, k, c0, n);
+      else PoolFwdTask<T, false>(f, r, o, am, s, spatial_scale, k, c0, n);
+    });
+  });
+}
+
+ffi::Future RoiPoolBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBuffer rois,
+                           ffi::Buffer<ffi::S32> argmax, ffi::Result<ffi::AnyBuffer> dfeat,
+                           int64_t pooled_h, int64_t pooled_w, double spatial_scale,
+                           bool channels_last) {
+  const std::string op = "roi_pool_bwd";
+  RoiShape s;
+  s.channels_last = channels_last;
+  if (auto e = ReadFeatureShape(op, "grad_features", dfeat->dimensions(), channels_last, &s);
+      e.failure())
+    return ErrorFuture(e);
+  if (auto e = ReadRois(op, rois, dfeat->element_type(), &s); e.failure()) return ErrorFuture(e);
+  if (auto e = CheckPoolAttrs(op, pooled_h, pooled_w, spatial_scale, &s); e.failure())
+    return ErrorFuture(e);
+  if (auto e = CheckPooledShape(op, "grad", grad.dimensions(), &s); e.failure())
+    return ErrorFuture(e);
+  if (auto e = CheckPooledShape(op, "argmax", argmax.dimensions(), &s); e.failure())
+    return ErrorFuture(e);
+  if (grad.element_type() != dfeat->element_type())
+    return ErrorFuture(InvalidArgument(op, "grad dtype must equal the features dtype"));
+  const int32_t* am = argmax.typed_data();
+  return VisitFloatType(grad.element_type(), op, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Accum<T>::type;
+    const T* g = reinterpret_cast<const T*>(grad.untyped_data());
+    const A* r = reinterpret_cast<const A*>(rois.untyped_data());
+    T* d = reinterpret_cast<T*>(dfeat->untyped_data());
+    const int64_t cb = ChannelBlock(s.c);
+    const int64_t blocks = CeilDiv(s.c, cb);
+    return ParallelFor(pool, s.n * blocks, s.n * s.c * s.h * s.w + s.k * s.c * s.ph * s.pw,
+                       [=](int64_t t) {
+                         const int64_t n = t / blocks, c0 = (t % blocks) * cb;
+                         const int64_t m = std::min(cb, s.c - c0);
+                         if (s.channels_last) PoolBwdTask<T, true>(g, r, am, d, s, n, c0, m);
+                         else PoolBwdTask<T, false>(g, r, am, d, s, n, c0, m);
+                       });
+  });
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace jax_roi
+
+namespace ffi = xla::ffi;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiPoolFwdCpu, jax_roi::cpu::RoiPoolFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("pooled_h")
+                                  .Attr<int64_t>("pooled_w")
+                                  .Attr<double>("spatial_scale")
+                                  .Attr<bool>("channels_last"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiPoolBwdCpu, jax_roi::cpu::RoiPoolBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("pooled_h")
+                                  .Attr<int64_t>("pooled_w")
+                                  .Attr<double>("spatial_scale")
+                                  .Attr<bool>("channels_last"));

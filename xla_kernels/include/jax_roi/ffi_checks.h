@@ -1,0 +1,120 @@
+// Shape and dtype checks shared by the CPU and CUDA FFI handlers, returning ffi::Error with
+// messages that name the op and the argument. Python validates first; these make a handler
+// safe on its own (a hand-written custom call, an exported module reloaded elsewhere).
+#ifndef JAX_ROI_FFI_CHECKS_H_
+#define JAX_ROI_FFI_CHECKS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_roi {
+
+namespace ffi = xla::ffi;
+
+// Sizes of one roi op, read from its buffers. Features are [N, C, H, W] or [N, H, W, C];
+// pooled tensors (outputs, gradients, argmax) are [K, C, PH, PW] or [K, PH, PW, C].
+struct RoiShape {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  int64_t k = 0, ph = 0, pw = 0;
+  bool channels_last = false;
+};
+
+inline std::string DimsToString(ffi::AnyBuffer::Dimensions d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(d[i]);
+  }
+  return s + "]";
+}
+
+inline ffi::Error InvalidArgument(const std::string& op, const std::string& msg) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jax_roi " + op + ": " + msg);
+}
+
+// Reads N, C, H, W from a feature-map-shaped buffer.
+inline ffi::Error ReadFeatureShape(const std::string& op, const char* name,
+                                   ffi::AnyBuffer::Dimensions d, bool channels_last,
+                                   RoiShape* s) {
+  if (d.size() != 4) {
+    return InvalidArgument(op, std::string(name) + " must have rank 4, got shape " +
+                                   DimsToString(d));
+  }
+  s->n = d[0];
+  s->c = channels_last ? d[3] : d[1];
+  s->h = channels_last ? d[1] : d[2];
+  s->w = channels_last ? d[2] : d[3];
+  if (s->h < 1 || s->w < 1) {
+    return InvalidArgument(op, std::string(name) + " must have H, W >= 1, got shape " +
+                                   DimsToString(d));
+  }
+  // roi_pool's argmax is a flat int32 index into one image plane.
+  if (s->h * s->w > INT32_MAX) {
+    return InvalidArgument(op, std::string(name) + " plane H*W must fit in int32, got shape " +
+                                   DimsToString(d));
+  }
+  return ffi::Error::Success();
+}
+
+// Checks a pooled-shaped buffer against K, C, PH, PW (reading K from it when k < 0).
+inline ffi::Error CheckPooledShape(const std::string& op, const char* name,
+                                   ffi::AnyBuffer::Dimensions d, RoiShape* s) {
+  const bool ok = d.size() == 4 && d[0] == s->k &&
+                  (s->channels_last
+                       ? (d[1] == s->ph && d[2] == s->pw && d[3] == s->c)
+                       : (d[1] == s->c && d[2] == s->ph && d[3] == s->pw));
+  if (!ok) {
+    const std::string want =
+        s->channels_last ? "[K, PH, PW, C] = [" + std::to_string(s->k) + ", " +
+                               std::to_string(s->ph) + ", " + std::to_string(s->pw) + ", " +
+                               std::to_string(s->c) + "]"
+                         : "[K, C, PH, PW] = [" + std::to_string(s->k) + ", " +
+                               std::to_string(s->c) + ", " + std::to_string(s->ph) + ", " +
+                               std::to_string(s->pw) + "]";
+    return InvalidArgument(op, std::string(name) + " must have shape " + want + ", got " +
+                                   DimsToString(d));
+  }
+  return ffi::Error::Success();
+}
+
+// rois: [K, 5] in the compute type of the features (f64 for f64 features, else f32).
+inline ffi::Error ReadRois(const std::string& op, const ffi::AnyBuffer& rois,
+                           ffi::DataType feature_type, RoiShape* s) {
+  const auto d = rois.dimensions();
+  if (d.size() != 2 || d[1] != 5) {
+    return InvalidArgument(op, "rois must have shape [K, 5], got " + DimsToString(d));
+  }
+  const ffi::DataType want =
+      feature_type == ffi::DataType::F64 ? ffi::DataType::F64 : ffi::DataType::F32;
+  if (rois.element_type() != want) {
+    return InvalidArgument(op, "rois must be float64 for float64 features and float32 "
+                               "otherwise");
+  }
+  s->k = d[0];
+  return ffi::Error::Success();
+}
+
+inline ffi::Error CheckPooledSize(const std::string& op, int64_t ph, int64_t pw, int64_t ratio,
+                                  RoiShape* s) {
+  if (ph < 1 || pw < 1) {
+    return InvalidArgument(op, "output_size must be positive, got (" + std::to_string(ph) +
+                                   ", " + std::to_string(pw) + ")");
+  }
+  if (ratio > 32768) {
+    return InvalidArgument(op, "sampling_ratio must be <= 32768, got " + std::to_string(ratio));
+  }
+  s->ph = ph;
+  s->pw = pw;
+  return ffi::Error::Success();
+}
+
+inline bool IsFloatType(ffi::DataType t) {
+  return t == ffi::DataType::F32 || t == ffi::DataType::F64 || t == ffi::DataType::F16 ||
+         t == ffi::DataType::BF16;
+}
+
+}  // namespace jax_roi
+
+#endif  // JAX_ROI_FFI_CHECKS_H_
