@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compat, _native, _reference
+from . import _compat, _native
 
 # Static parameters passed to the kernels as FFI attributes, per op family.
 _ALIGN_ATTRS = ("pooled_h", "pooled_w", "spatial_scale", "sampling_ratio", "aligned", "channels_last")
@@ -56,8 +56,19 @@ def _cpu_lowering(target: str, attrs: tuple[str, ...]) -> Callable[..., Any]:
     return rule
 
 
-def _define(name: str, *, multiple_results: bool, abstract_eval, reference, batcher, attrs):
+def _reference_impl(name: str) -> Callable[..., Any]:
+    # Imported on first lowering: most processes only ever lower to a kernel.
+    def impl(*args, **params):
+        from . import _reference
+
+        return getattr(_reference, name)(*args, **params)
+
+    return impl
+
+
+def _define(name: str, *, multiple_results: bool, abstract_eval, batcher, attrs):
     prim = _compat.Primitive(name)
+    reference = _reference_impl(name)
     prim.multiple_results = multiple_results
     prim.def_impl(lambda *args, **params: jax.jit(prim.bind, static_argnames=tuple(params))(*args, **params))
     prim.def_abstract_eval(abstract_eval)
@@ -159,22 +170,22 @@ def _bwd_batcher(prim, args, dims, *, feature_shape, **params):
 
 roi_align_avg_fwd_p = _define(
     "roi_align_avg_fwd", multiple_results=False, abstract_eval=_fwd_abstract,
-    reference=_reference.roi_align_avg_fwd, batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
+    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
 roi_align_avg_bwd_p = _define(
     "roi_align_avg_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    reference=_reference.roi_align_avg_bwd, batcher=_bwd_batcher, attrs=_ALIGN_ATTRS)
+    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS)
 roi_align_max_fwd_p = _define(
     "roi_align_max_fwd", multiple_results=True, abstract_eval=_fwd_argmax_abstract,
-    reference=_reference.roi_align_max_fwd, batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
+    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
 roi_align_max_bwd_p = _define(
     "roi_align_max_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    reference=_reference.roi_align_max_bwd, batcher=_bwd_batcher, attrs=_ALIGN_ATTRS)
+    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS)
 roi_pool_fwd_p = _define(
     "roi_pool_fwd", multiple_results=True, abstract_eval=_fwd_argmax_abstract,
-    reference=_reference.roi_pool_fwd, batcher=_fwd_batcher, attrs=_POOL_ATTRS)
+    batcher=_fwd_batcher, attrs=_POOL_ATTRS)
 roi_pool_bwd_p = _define(
     "roi_pool_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    reference=_reference.roi_pool_bwd, batcher=_bwd_batcher, attrs=_POOL_ATTRS)
+    batcher=_bwd_batcher, attrs=_POOL_ATTRS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,10 +227,14 @@ def _avg_bwd_transpose(ct, grad_aval, rois, *, feature_shape, **params):
 
 
 def _max_bwd_transpose(ct, grad_aval, rois, argmax, *, feature_shape, **params):
+    from . import _reference
+
     return _reference.roi_align_max_gather(ct, rois, argmax, **params).astype(grad_aval.dtype)
 
 
 def _pool_bwd_transpose(ct, grad_aval, rois, argmax, *, feature_shape, **params):
+    from . import _reference
+
     return _reference.roi_pool_gather(ct, rois, argmax, **params).astype(grad_aval.dtype)
 
 

@@ -189,9 +189,11 @@ struct GradTarget {
   }
 
   void Zero() {
-    for (int64_t y = 0; y < s.h; ++y)
-      for (int64_t x = 0; x < s.w; ++x)
-        for (int64_t c = 0; c < cb; ++c) base[y * sy + x * sx + c * sc] = A(0);
+    if (kChannelsLast) {
+      for (int64_t p = 0; p < s.h * s.w; ++p) std::fill(base + p * sx, base + p * sx + cb, A(0));
+    } else {
+      std::fill(base, base + cb * s.h * s.w, A(0));
+    }
   }
 
   A* At(int64_t c, int64_t y, int64_t x) { return base + c * sc + y * sy + x * sx; }
@@ -221,6 +223,20 @@ template <bool kChannelsLast>
 inline int64_t FeatureIndex(const RoiShape& s, int64_t n, int64_t c, int64_t y, int64_t x) {
   return kChannelsLast ? ((n * s.h + y) * s.w + x) * s.c + c
                        : ((n * s.c + c) * s.h + y) * s.w + x;
+}
+
+// Calls fn(c, p, q) for channels [0, cb) and every bin, in the memory order of the layout.
+template <bool kChannelsLast, typename F>
+inline void ForEachPooled(const RoiShape& s, int64_t cb, F&& fn) {
+  if (kChannelsLast) {
+    for (int64_t p = 0; p < s.ph; ++p)
+      for (int64_t q = 0; q < s.pw; ++q)
+        for (int64_t c = 0; c < cb; ++c) fn(c, p, q);
+  } else {
+    for (int64_t c = 0; c < cb; ++c)
+      for (int64_t p = 0; p < s.ph; ++p)
+        for (int64_t q = 0; q < s.pw; ++q) fn(c, p, q);
+  }
 }
 
 }  // namespace cpu

@@ -96,17 +96,36 @@ void AlignAvgBwdTask(const T* grad, const typename Accum<T>::type* rois, T* dfea
     by.Build(roi.y, s.ph, s.h);
     bx.Build(roi.x, s.pw, s.w);
     const A count = roi.Count();
-    for (int64_t p = 0; p < s.ph; ++p) {
-      const A* wy = by.Weights(p);
-      for (int64_t q = 0; q < s.pw; ++q) {
-        const A* wx = bx.Weights(q);
-        const T* g = grad + PooledIndex<kCL>(s, k, c0, p, q);
-        const int64_t gstride = kCL ? 1 : s.ph * s.pw;
-        for (int64_t r = 0; r < by.length[p]; ++r) {
-          for (int64_t u = 0; u < bx.length[q]; ++u) {
-            const A w = wy[r] * wx[u] / count;
-            A* d = target.At(0, by.first[p] + r, bx.first[q] + u);
-            for (int64_t c = 0; c < cb; ++c) d[c * target.sc] += w * Load<A>(g[c * gstride]);
+    if (kCL) {
+      // Channels innermost: contiguous gradient reads and feature-gradient writes.
+      for (int64_t p = 0; p < s.ph; ++p) {
+        const A* wy = by.Weights(p);
+        for (int64_t q = 0; q < s.pw; ++q) {
+          const A* wx = bx.Weights(q);
+          const T* g = grad + PooledIndex<kCL>(s, k, c0, p, q);
+          for (int64_t r = 0; r < by.length[p]; ++r) {
+            for (int64_t u = 0; u < bx.length[q]; ++u) {
+              const A w = wy[r] * wx[u] / count;
+              A* d = target.At(0, by.first[p] + r, bx.first[q] + u);
+              for (int64_t c = 0; c < cb; ++c) d[c] += w * Load<A>(g[c]);
+            }
+          }
+        }
+      }
+    } else {
+      // One channel plane at a time: the band rows are contiguous.
+      for (int64_t c = 0; c < cb; ++c) {
+        const T* g = grad + PooledIndex<kCL>(s, k, c0 + c, 0, 0);
+        for (int64_t p = 0; p < s.ph; ++p) {
+          const A* wy = by.Weights(p);
+          for (int64_t q = 0; q < s.pw; ++q) {
+            const A* wx = bx.Weights(q);
+            const A gv = Load<A>(g[p * s.pw + q]) / count;
+            for (int64_t r = 0; r < by.length[p]; ++r) {
+              A* row = target.At(c, by.first[p] + r, bx.first[q]);
+              const A gr = gv * wy[r];
+              for (int64_t u = 0; u < bx.length[q]; ++u) row[u] += gr * wx[u];
+            }
           }
         }
       }
@@ -230,24 +249,21 @@ void AlignMaxBwdTask(const T* grad, const typename Accum<T>::type* rois, const i
     const AlignRoi<A> roi(rois + 5 * k, s, static_cast<A>(prm.scale), prm.aligned, prm.ratio);
     if (!roi.ok) continue;
     const int64_t gh = roi.y.grid, gw = roi.x.grid;
-    for (int64_t c = 0; c < cb; ++c) {
-      for (int64_t p = 0; p < s.ph; ++p) {
-        for (int64_t q = 0; q < s.pw; ++q) {
-          const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
-          const int64_t sample = argmax[o];
-          if (sample < 0 || sample >= gh * gw) continue;
-          Lerp<A> ty, tx;
-          if (!LerpAt(SampleCoord(roi.y, p, sample / gw), s.h, &ty) ||
-              !LerpAt(SampleCoord(roi.x, q, sample % gw), s.w, &tx))
-            continue;
-          const A g = Load<A>(grad[o]);
-          *target.At(c, ty.lo, tx.lo) += g * (ty.wlo * tx.wlo);
-          *target.At(c, ty.lo, tx.hi) += g * (ty.wlo * tx.whi);
-          *target.At(c, ty.hi, tx.lo) += g * (ty.whi * tx.wlo);
-          *target.At(c, ty.hi, tx.hi) += g * (ty.whi * tx.whi);
-        }
-      }
-    }
+    auto scatter = [&](int64_t c, int64_t p, int64_t q) {
+      const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
+      const int64_t sample = argmax[o];
+      if (sample < 0 || sample >= gh * gw) return;
+      Lerp<A> ty, tx;
+      if (!LerpAt(SampleCoord(roi.y, p, sample / gw), s.h, &ty) ||
+          !LerpAt(SampleCoord(roi.x, q, sample % gw), s.w, &tx))
+        return;
+      const A g = Load<A>(grad[o]);
+      *target.At(c, ty.lo, tx.lo) += g * (ty.wlo * tx.wlo);
+      *target.At(c, ty.lo, tx.hi) += g * (ty.wlo * tx.whi);
+      *target.At(c, ty.hi, tx.lo) += g * (ty.whi * tx.wlo);
+      *target.At(c, ty.hi, tx.hi) += g * (ty.whi * tx.whi);
+    };
+    ForEachPooled<kCL>(s, cb, scatter);
   }
   target.Finish();
 }

@@ -67,16 +67,13 @@ void PoolBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32
   const int64_t plane = s.h * s.w;
   for (int64_t k = 0; k < s.k; ++k) {
     if (RoiBatchIndex(rois + 5 * k, s.n) != n) continue;
-    for (int64_t c = 0; c < cb; ++c) {
-      for (int64_t p = 0; p < s.ph; ++p) {
-        for (int64_t q = 0; q < s.pw; ++q) {
-          const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
-          const int64_t pixel = argmax[o];
-          if (pixel < 0 || pixel >= plane) continue;
-          *target.At(c, pixel / s.w, pixel % s.w) += Load<A>(grad[o]);
-        }
-      }
-    }
+    auto scatter = [&](int64_t c, int64_t p, int64_t q) {
+      const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
+      const int64_t pixel = argmax[o];
+      if (pixel < 0 || pixel >= plane) return;
+      *target.At(c, pixel / s.w, pixel % s.w) += Load<A>(grad[o]);
+    };
+    ForEachPooled<kCL>(s, cb, scatter);
   }
   target.Finish();
 }

@@ -1,0 +1,212 @@
+"""CPU benchmark: jax_roi's kernels against the pure-JAX implementation and onnxruntime.
+
+    python benchmarks/cpu.py            # full table (about 2 minutes on 2 cores)
+    python benchmarks/cpu.py --quick    # fewer repetitions
+
+Shapes are Mask R-CNN's (torchvision defaults): box head N=2, C=256, K=512 rois pooled to
+7x7, mask head K=128 to 14x14, sampling_ratio=2, aligned=True, spatial_scale=1/4, on a 64x64
+and a 200x304 map, in both layouts. Times are medians of blocked wall-clock runs after a
+warm-up, in milliseconds. Columns:
+  fwd           jax_roi roi_align forward
+  ort           onnxruntime RoiAlign (avg, half_pixel, NCHW only), same threads
+  fwd/ort       ratio (targets: <= 0.5 NCHW, <= 0.125 NHWC)
+  ref fwd       the pure-JAX implementation (jax_roi._reference) under jit
+  fwd+bwd       jax_roi forward + backward (value_and_grad)
+  ref f+b       pure-JAX forward + backward
+  speedup       ref f+b / fwd+bwd (target >= 10)
+  1-core fwd    jax_roi forward pinned to one core (a subprocess); pool speedup = its ratio
+  tmp/out       XLA temp bytes of the compiled forward / output bytes (target <= 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from functools import partial
+
+import numpy as np
+
+CASES = [
+    # name, N, C, H, W, K, P
+    ("box 64x64", 2, 256, 64, 64, 512, 7),
+    ("box 200x304", 2, 256, 200, 304, 512, 7),
+    ("mask 64x64", 2, 256, 64, 64, 128, 14),
+    ("mask 200x304", 2, 256, 200, 304, 128, 14),
+]
+SCALE = 0.25
+RATIO = 2
+
+
+def make_inputs(n, c, h, w, k, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    img_h, img_w = h / SCALE, w / SCALE
+    # Proposal-like boxes: sizes from 16 px to half the image, anywhere in the image.
+    bw = np.exp(rng.uniform(np.log(16), np.log(img_w / 2), k))
+    bh = np.exp(rng.uniform(np.log(16), np.log(img_h / 2), k))
+    x1 = rng.uniform(0, img_w - bw)
+    y1 = rng.uniform(0, img_h - bh)
+    rois = np.stack([rng.integers(0, n, k), x1, y1, x1 + bw, y1 + bh], 1).astype(np.float32)
+    return feats, rois
+
+
+def bench(fn, *args, reps):
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def ort_session(n, c, h, w, k, p, threads):
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    node = helper.make_node(
+        "RoiAlign", ["X", "rois", "idx"], ["Y"], mode="avg", output_height=p, output_width=p,
+        sampling_ratio=RATIO, spatial_scale=SCALE, coordinate_transformation_mode="half_pixel")
+    graph = helper.make_graph(
+        [node], "roi_align",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [n, c, h, w]),
+         helper.make_tensor_value_info("rois", TensorProto.FLOAT, [k, 4]),
+         helper.make_tensor_value_info("idx", TensorProto.INT64, [k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [k, c, p, p])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def time_ort(sess, feats, rois, reps):
+    inputs = {"X": feats, "rois": np.ascontiguousarray(rois[:, 1:]),
+              "idx": rois[:, 0].astype(np.int64)}
+    sess.run(None, inputs)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.run(None, inputs)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times)), sess.run(None, inputs)[0]
+
+
+def jax_roi_fns(layout, p):
+    import jax
+
+    import jax_roi
+
+    fwd = jax.jit(partial(jax_roi.roi_align, output_size=p, spatial_scale=SCALE,
+                          sampling_ratio=RATIO, aligned=True, layout=layout))
+
+    @jax.jit
+    def fwd_bwd(feats, rois, g):
+        out, vjp = jax.vjp(lambda f: fwd(f, rois), feats)
+        return out, vjp(g)[0]
+
+    return fwd, fwd_bwd
+
+
+def reference_fns(layout, p):
+    import jax
+
+    from jax_roi import _reference
+
+    params = dict(pooled_h=p, pooled_w=p, spatial_scale=SCALE, sampling_ratio=RATIO,
+                  aligned=True, channels_last=layout == "NHWC")
+    fwd = jax.jit(partial(_reference.roi_align_avg_fwd, **params))
+
+    @jax.jit
+    def fwd_bwd(feats, rois, g):
+        out = _reference.roi_align_avg_fwd(feats, rois, **params)
+        return out, _reference.roi_align_avg_bwd(g, rois, feature_shape=feats.shape, **params)
+
+    return fwd, fwd_bwd
+
+
+def single_core_forward(reps):
+    """Runs in a subprocess pinned to one core: jax_roi forward per case and layout."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import jax.numpy as jnp
+
+    result = {}
+    for name, n, c, h, w, k, p in CASES:
+        feats, rois = make_inputs(n, c, h, w, k)
+        for layout in ("NCHW", "NHWC"):
+            f = feats if layout == "NCHW" else np.ascontiguousarray(feats.transpose(0, 2, 3, 1))
+            fwd, _ = jax_roi_fns(layout, p)
+            result[f"{name}/{layout}"] = bench(fwd, jnp.asarray(f), jnp.asarray(rois), reps=reps)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--single-core-json", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    reps = 5 if args.quick else 15
+    if args.single_core_json:
+        print(json.dumps(single_core_forward(reps)))
+        return
+
+    single = json.loads(subprocess.run(
+        [sys.executable, __file__, "--single-core-json"] + (["--quick"] if args.quick else []),
+        check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+    import jax
+    import jax.numpy as jnp
+
+    threads = len(os.sched_getaffinity(0))
+    print(f"jax {jax.__version__}, {threads} cores ({os.uname().machine}), float32, "
+          f"sampling_ratio={RATIO}, aligned=True, scale={SCALE}; times in ms (median of {reps})")
+    header = ("case", "layout", "fwd", "ort", "fwd/ort", "ref fwd", "fwd+bwd", "ref f+b",
+              "speedup", "1-core fwd", "pool x", "tmp/out")
+    rows = []
+    for name, n, c, h, w, k, p in CASES:
+        feats, rois = make_inputs(n, c, h, w, k)
+        sess = ort_session(n, c, h, w, k, p, threads)
+        ort_ms, ort_out = time_ort(sess, feats, rois, reps) if sess else (float("nan"), None)
+        for layout in ("NCHW", "NHWC"):
+            f = feats if layout == "NCHW" else np.ascontiguousarray(feats.transpose(0, 2, 3, 1))
+            fj, rj = jnp.asarray(f), jnp.asarray(rois)
+            fwd, fwd_bwd = jax_roi_fns(layout, p)
+            ref_fwd, ref_fwd_bwd = reference_fns(layout, p)
+            out = fwd(fj, rj)
+            g = jnp.ones_like(out)
+            if ort_out is not None:  # same numbers as onnxruntime, or the comparison is moot
+                mine = np.asarray(out if layout == "NCHW" else out.transpose(0, 3, 1, 2))
+                np.testing.assert_allclose(mine, ort_out, rtol=1e-4, atol=1e-4)
+            compiled = fwd.lower(fj, rj).compile()
+            mem = compiled.memory_analysis()
+            tmp = getattr(mem, "temp_size_in_bytes", float("nan")) if mem else float("nan")
+            t_fwd = bench(fwd, fj, rj, reps=reps)
+            t_ref = bench(ref_fwd, fj, rj, reps=max(3, reps // 3))
+            t_fb = bench(fwd_bwd, fj, rj, g, reps=reps)
+            t_ref_fb = bench(ref_fwd_bwd, fj, rj, g, reps=max(3, reps // 3))
+            t_one = single[f"{name}/{layout}"]
+            rows.append((name, layout, f"{t_fwd:.2f}", f"{ort_ms:.2f}", f"{t_fwd / ort_ms:.3f}",
+                         f"{t_ref:.1f}", f"{t_fb:.2f}", f"{t_ref_fb:.1f}",
+                         f"{t_ref_fb / t_fb:.1f}", f"{t_one:.2f}", f"{t_one / t_fwd:.2f}",
+                         f"{tmp / out.nbytes:.2f}"))
+            print("  done:", name, layout, file=sys.stderr)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "| " + " | ".join(str(v).rjust(wd) for v, wd in zip(r, widths)) + " |"
+    print(fmt(header))
+    print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
+    for r in rows:
+        print(fmt(r))
+
+
+if __name__ == "__main__":
+    main()

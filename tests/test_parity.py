@@ -1,0 +1,179 @@
+"""Parity of the public ops with the float64 NumPy oracle (tests/oracle.py).
+
+roi_align: dtype x layout x mode in full, crossed with a pairwise design over
+(aligned, sampling_ratio, spatial_scale): every (sampling_ratio, spatial_scale) pair once,
+`aligned` chosen so every (aligned, sampling_ratio) and (aligned, spatial_scale) pair occurs
+too. Output sizes (non-square included), batch sizes 1-3 and map shapes rotate through the
+configs. Forward and gradient (jax.vjp vs oracle.roi_align_grad).
+
+16-bit: the oracle runs on the 16-bit-rounded features (rois in float32, the compute type);
+the comparison uses the dtype tolerance. In max mode a 16-bit near-tie can change the winning
+sample, so only the forward values are compared there.
+
+roi_pool: dtype x layout x configs; the forward must equal the oracle exactly (a max of the
+inputs), the gradient within tolerance, and the one-hot VJP of every output bin must land on
+the oracle's argmax (the library's argmax is internal).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import (DTYPE_IDS, DTYPES, LAYOUTS, as_f64, assert_close, compute_dtype,
+                      lib_vjp, nchw_to, oracle_fwd, oracle_grad, random_features,
+                      random_rois, rng_for, to_dtype)
+import jax_roi
+import oracle
+
+# (aligned, sampling_ratio, spatial_scale)
+_PAIRWISE = [
+    (False, -1, 1.0), (True, -1, 0.25), (False, -1, 0.0625),
+    (True, 0, 1.0), (False, 0, 0.25), (True, 0, 0.0625),
+    (False, 1, 1.0), (True, 1, 0.25), (False, 1, 0.0625),
+    (True, 2, 1.0), (False, 2, 0.25), (True, 2, 0.0625),
+    (False, 4, 1.0), (True, 4, 0.25), (True, 4, 0.0625),
+]
+_OUTPUT_SIZES = [(2, 3), (3, 2), (1, 4), (4, 1), (2, 2), 1, (3, 3)]
+_MAPS = [(16, 16), (9, 13), (12, 7), (5, 16), (16, 6)]  # (H, W)
+
+
+def _align_configs():
+    cfgs = []
+    for i, (aligned, sr, scale) in enumerate(_PAIRWISE):
+        cfgs.append(dict(
+            aligned=aligned, sampling_ratio=sr, spatial_scale=scale,
+            output_size=_OUTPUT_SIZES[i % len(_OUTPUT_SIZES)],
+            n=1 + i % 3, c=1 + (i * 3) % 4, hw=_MAPS[i % len(_MAPS)], k=3 + i % 6,
+        ))
+    return cfgs
+
+
+ALIGN_CONFIGS = _align_configs()
+ALIGN_IDS = [f"al{int(c['aligned'])}-sr{c['sampling_ratio']}-s{c['spatial_scale']:g}"
+             for c in ALIGN_CONFIGS]
+
+
+@pytest.mark.parametrize("cfg", ALIGN_CONFIGS, ids=ALIGN_IDS)
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_roi_align_parity(dtype, layout, mode, cfg):
+    rng = rng_for("align", DTYPE_IDS[DTYPES.index(dtype)], layout, mode, sorted(cfg.items()))
+    h, w = cfg["hw"]
+    x = random_features(rng, (cfg["n"], cfg["c"], h, w), dtype, layout)
+    rois = random_rois(rng, cfg["k"], cfg["n"], h, w, cfg["spatial_scale"],
+                       dtype=compute_dtype(dtype))
+    kw = dict(output_size=cfg["output_size"], spatial_scale=cfg["spatial_scale"],
+              sampling_ratio=cfg["sampling_ratio"], aligned=cfg["aligned"], mode=mode,
+              layout=layout)
+
+    want = oracle_fwd("roi_align", x, rois, **kw)
+    g = to_dtype(rng.standard_normal(want.shape), dtype)
+    out, grad = lib_vjp("roi_align", x, rois, g, **kw)
+
+    assert out.dtype == jnp.dtype(dtype)
+    assert grad.dtype == jnp.dtype(dtype)
+    assert grad.shape == x.shape
+    assert_close(out, want, dtype, what="forward")
+    if mode == "max" and jnp.dtype(dtype).itemsize == 2:
+        assert np.all(np.isfinite(as_f64(grad)))
+        return  # a 16-bit near-tie can move the winner: values only
+    want_grad = oracle_grad("roi_align", x, rois, g, **kw)
+    assert_close(grad, want_grad, dtype, what="gradient")
+
+
+def test_align_configs_are_pairwise():
+    """The design above covers every pair of (aligned, sampling_ratio, spatial_scale)."""
+    seen = {(a, sr, s) for a, sr, s in _PAIRWISE}
+    srs, scales = {-1, 0, 1, 2, 4}, {1.0, 0.25, 0.0625}
+    assert {(sr, s) for _, sr, s in seen} == {(sr, s) for sr in srs for s in scales}
+    assert {(a, sr) for a, sr, _ in seen} == {(a, sr) for a in (False, True) for sr in srs}
+    assert {(a, s) for a, _, s in seen} == {(a, s) for a in (False, True) for s in scales}
+
+
+# ---------------------------------------------------------------------------------------
+# roi_pool
+# ---------------------------------------------------------------------------------------
+
+POOL_CONFIGS = [
+    dict(spatial_scale=1.0, output_size=(2, 3), n=1, c=2, hw=(16, 16), k=6),
+    dict(spatial_scale=0.25, output_size=(3, 2), n=2, c=3, hw=(9, 13), k=5),
+    dict(spatial_scale=0.0625, output_size=2, n=3, c=1, hw=(12, 7), k=8),
+    dict(spatial_scale=1.0, output_size=(1, 4), n=3, c=4, hw=(5, 16), k=4),
+    dict(spatial_scale=0.25, output_size=(4, 1), n=1, c=2, hw=(16, 6), k=7),
+    dict(spatial_scale=0.0625, output_size=(3, 3), n=2, c=2, hw=(7, 7), k=3),
+]
+POOL_IDS = [f"s{c['spatial_scale']:g}-o{c['output_size']}-n{c['n']}".replace(" ", "")
+            for c in POOL_CONFIGS]
+
+
+def _pool_all(x, rois, g, output_size, spatial_scale, layout):
+    """One jit: output, VJP of g, and the VJP of every output element's one-hot cotangent."""
+    def f(x, r, g):
+        out, vjp = jax.vjp(lambda v: jax_roi.roi_pool(v, r, output_size, spatial_scale,
+                                                      layout=layout), x)
+        m = out.size
+        basis = jnp.eye(m, dtype=out.dtype).reshape((m,) + out.shape)
+        (onehot,) = jax.vmap(vjp)(basis)
+        return out, vjp(g)[0], onehot.reshape(out.shape + x.shape)
+
+    return jax.jit(f)(x, rois, g)
+
+
+def _check_argmax(grads, argmax, rois, x_nchw_shape, layout):
+    """Each bin's one-hot VJP is 1 at the oracle's argmax of its image, 0 elsewhere."""
+    if layout == "NHWC":  # to [K, C, PH, PW, N, C, H, W]
+        grads = np.transpose(grads, (0, 3, 1, 2, 4, 7, 5, 6))
+        argmax = np.transpose(argmax, (0, 3, 1, 2))
+    n, c_, h, w = x_nchw_shape
+    k, c, ph, pw = argmax.shape
+    want = np.zeros_like(grads)
+    for ki in range(k):
+        b = int(np.trunc(rois[ki, 0]))
+        for ci in range(c):
+            for i in range(ph):
+                for j in range(pw):
+                    a = argmax[ki, ci, i, j]
+                    if a >= 0:
+                        want[ki, ci, i, j, b, ci, a // w, a % w] = 1.0
+    np.testing.assert_array_equal(grads, want)
+
+
+@pytest.mark.parametrize("cfg", POOL_CONFIGS, ids=POOL_IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_roi_pool_parity(dtype, layout, cfg):
+    rng = rng_for("pool", DTYPE_IDS[DTYPES.index(dtype)], layout, sorted(cfg.items()))
+    h, w = cfg["hw"]
+    x = random_features(rng, (cfg["n"], cfg["c"], h, w), dtype, layout)
+    rois = random_rois(rng, cfg["k"], cfg["n"], h, w, cfg["spatial_scale"],
+                       dtype=compute_dtype(dtype))
+    kw = dict(output_size=cfg["output_size"], spatial_scale=cfg["spatial_scale"],
+              layout=layout)
+
+    want, argmax = oracle.roi_pool(as_f64(x), as_f64(rois), **kw)
+    g = to_dtype(rng.standard_normal(want.shape), dtype)
+    out, grad, onehot = _pool_all(x, rois, g, **kw)
+
+    assert out.dtype == jnp.dtype(dtype) and grad.dtype == jnp.dtype(dtype)
+    assert grad.shape == x.shape
+    # The forward is a max of input values (or 0): exact in every dtype.
+    np.testing.assert_array_equal(as_f64(out), want)
+    assert_close(grad, oracle_grad("roi_pool", x, rois, g, **kw), dtype, what="gradient")
+    _check_argmax(as_f64(onehot), argmax, as_f64(rois), (cfg["n"], cfg["c"], h, w), layout)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_roi_align_nhwc_is_transposed_nchw(mode):
+    """The two layouts give the same numbers up to the transpose."""
+    rng = rng_for("layout", mode)
+    x = random_features(rng, (2, 3, 11, 9), jnp.float32)
+    rois = random_rois(rng, 6, 2, 11, 9, 0.5, dtype=np.float32)
+
+    a = jax_roi.roi_align(x, rois, (3, 2), 0.5, 2, True, mode=mode, layout="NCHW")
+    b = jax_roi.roi_align(nchw_to("NHWC", x), rois, (3, 2), 0.5, 2, True, mode=mode,
+                          layout="NHWC")
+    assert_close(np.transpose(as_f64(b), (0, 3, 1, 2)), as_f64(a), jnp.float32)
