@@ -226,16 +226,46 @@ def _avg_bwd_transpose(ct, grad_aval, rois, *, feature_shape, **params):
     return roi_align_avg_fwd_p.bind(ct, rois, **params)
 
 
-def _max_bwd_transpose(ct, grad_aval, rois, argmax, *, feature_shape, **params):
+def _max_gather(features, rois, argmax, **params):
     from . import _reference
 
-    return _reference.roi_align_max_gather(ct, rois, argmax, **params).astype(grad_aval.dtype)
+    return _reference.roi_align_max_gather(features, rois, argmax, **params)
+
+
+def _pool_gather(features, rois, argmax, **params):
+    from . import _reference
+
+    return _reference.roi_pool_gather(features, rois, argmax, **params)
+
+
+def _max_bwd_transpose(ct, grad_aval, rois, argmax, *, feature_shape, **params):
+    return _max_gather(ct, rois, argmax, **params).astype(grad_aval.dtype)
 
 
 def _pool_bwd_transpose(ct, grad_aval, rois, argmax, *, feature_shape, **params):
-    from . import _reference
+    return _pool_gather(ct, rois, argmax, **params).astype(grad_aval.dtype)
 
-    return _reference.roi_pool_gather(ct, rois, argmax, **params).astype(grad_aval.dtype)
+
+def _argmax_fwd_jvp(prim, gather):
+    """Max-type forwards are linear in the features once the winners are fixed: the tangent
+    is the tangent map read at the recorded winners (needed when a custom_vjp's forward is
+    itself differentiated, as in grad of grad)."""
+
+    def jvp(primals, tangents, **params):
+        out, argmax = prim.bind(*primals, **params)
+        t = tangents[0]
+        if type(t) is _compat.Zero:
+            t_out = jnp.zeros_like(out)
+        else:
+            t_out = gather(_compat.instantiate_zeros(t), primals[1], argmax, **params)
+            t_out = t_out.astype(out.dtype)
+        return (out, argmax), (t_out, _compat.Zero(argmax.aval.to_tangent_aval()))
+
+    _compat.primitive_jvps[prim] = jvp
+
+
+_argmax_fwd_jvp(roi_align_max_fwd_p, _max_gather)
+_argmax_fwd_jvp(roi_pool_fwd_p, _pool_gather)
 
 
 for _prim, _transpose in (

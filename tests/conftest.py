@@ -210,18 +210,33 @@ def oracle_grad(op, features, rois, grad_out, *, output_size, spatial_scale=1.0,
                                  mode, layout)
 
 
+_VJP_CACHE: dict = {}
+
+
 def lib_vjp(op, features, rois, grad_out, *, jit=True, **kw):
     """(output, d<grad_out, op(features)>/d features) through the public op.
 
-    Under one jax.jit by default (one compilation instead of one per eager primitive).
+    Under one jax.jit by default (one compilation instead of one per eager primitive); the
+    jitted function is cached per (op, static arguments), so repeated calls with the same
+    configuration and shapes compile once.
     """
-    def f(x, r, g):
-        out, vjp = jax.vjp(lambda v: lib_op(op, v, r, **kw), x)
-        (gx,) = vjp(g.astype(out.dtype))
-        return out, gx
+    def make():
+        def f(x, r, g):
+            out, vjp = jax.vjp(lambda v: lib_op(op, v, r, **kw), x)
+            (gx,) = vjp(g.astype(out.dtype))
+            return out, gx
 
-    if jit:
-        f = jax.jit(f)
+        return jax.jit(f) if jit else f
+
+    key = (op, jit, tuple(sorted(kw.items())))
+    try:
+        f = _VJP_CACHE.get(key)
+    except TypeError:  # unhashable argument (e.g. a list output_size): no caching
+        f, key = None, None
+    if f is None:
+        f = make()
+        if key is not None:
+            _VJP_CACHE[key] = f
     return f(jnp.asarray(features), jnp.asarray(rois), jnp.asarray(grad_out))
 
 

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -93,45 +94,81 @@ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // pixels. Bilinear weights factor into a row part and a column part, and the out-of-map test
 // does too, so the sum over a gh x gw grid of samples equals
 //   sum_r sum_s Wy[r] * Wx[s] * v[r, s]
-// with Wy the summed row weights of the bin's inside samples. The band is at most a few pixels
-// wider than the bin, whatever the sampling grid: bins cost O(band area) per channel instead of
-// O(4 * gh * gw), and huge boxes cost no more than the map they cover.
+// with Wy the summed row weights of the bin's inside samples. A band is at most a few pixels
+// wider than its bin, whatever the sampling grid: bins cost O(band area) per channel instead
+// of O(4 * gh * gw), and huge boxes cost no more than the map they cover.
+//
+// All bins of one roi get the same band length (the longest, padded with zero weights and
+// shifted to stay inside the map): the inner loops then have one trip count per roi, which
+// the kernels specialise on (no data-dependent branches in the hot loop).
 template <typename A>
 struct AxisBands {
-  std::vector<int64_t> first;   // [P] first pixel of bin p's band
-  std::vector<int64_t> length;  // [P] band length (0: no inside sample)
-  std::vector<int64_t> offset;  // [P] where bin p's weights start in `weight`
-  std::vector<A> weight;
+  std::vector<int64_t> first;  // [P] first pixel of bin p's band
+  std::vector<A> weight;       // [P, len]
+  int64_t len = 0;
 
   void Build(const AlignAxis<A>& axis, int64_t pooled, int64_t size) {
     first.assign(pooled, 0);
-    length.assign(pooled, 0);
-    offset.assign(pooled, 0);
-    weight.clear();
+    lo_.assign(pooled, 0);
+    hi_.assign(pooled, -1);
+    runs_.resize(pooled);
+    len = 0;
+    Lerp<A> t;
     for (int64_t p = 0; p < pooled; ++p) {
-      offset[p] = static_cast<int64_t>(weight.size());
-      const SampleRun run = InsideRun(axis, p, size);
+      runs_[p] = InsideRun(axis, p, size);
       int64_t lo = size, hi = -1;
-      Lerp<A> t;
-      for (int64_t i = run.lo; i < run.hi; ++i) {
+      for (int64_t i = runs_[p].lo; i < runs_[p].hi; ++i) {
         if (!LerpAt(SampleCoord(axis, p, i), size, &t)) continue;
         lo = std::min(lo, t.lo);
         hi = std::max(hi, t.hi);
       }
-      if (hi < lo) continue;
-      first[p] = lo;
-      length[p] = hi - lo + 1;
-      weight.resize(weight.size() + length[p], A(0));
-      A* w = weight.data() + offset[p] - lo;
-      for (int64_t i = run.lo; i < run.hi; ++i) {
+      lo_[p] = lo;
+      hi_[p] = hi;
+      if (hi >= lo) len = std::max(len, hi - lo + 1);
+    }
+    weight.assign(static_cast<size_t>(pooled * len), A(0));
+    for (int64_t p = 0; p < pooled; ++p) {
+      if (hi_[p] < lo_[p]) continue;  // no inside sample: zero weights at pixel 0
+      first[p] = std::min(lo_[p], size - len);
+      A* w = weight.data() + p * len - first[p];
+      for (int64_t i = runs_[p].lo; i < runs_[p].hi; ++i) {
         if (!LerpAt(SampleCoord(axis, p, i), size, &t)) continue;
         w[t.lo] += t.wlo;
         w[t.hi] += t.whi;
       }
     }
   }
-  const A* Weights(int64_t p) const { return weight.data() + offset[p]; }
+  const A* Weights(int64_t p) const { return weight.data() + p * len; }
+
+ private:
+  std::vector<int64_t> lo_, hi_;
+  std::vector<SampleRun> runs_;
 };
+
+// Calls fn(std::integral_constant<int, L>) with L = n for the common short bands (2 to 5
+// pixels: bins of up to 4 pixels) and L = 0 (length known only at run time) otherwise.
+template <typename F>
+inline void WithBandLength(int64_t n, F&& fn) {
+  switch (n) {
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    default: return fn(std::integral_constant<int, 0>{});
+  }
+}
+
+// sum_u w[u] * v[u] over a band; L > 0 fixes the length at compile time (fully unrolled).
+template <int L, typename A, typename T>
+inline A DotBand(const A* w, const T* v, int64_t n) {
+  A s = 0;
+  if (L > 0) {
+    for (int u = 0; u < L; ++u) s += w[u] * Load<A>(v[u]);
+  } else {
+    for (int64_t u = 0; u < n; ++u) s += w[u] * Load<A>(v[u]);
+  }
+  return s;
+}
 
 // Per-roi roi_align geometry for both axes; ok is false for a row that outputs zeros.
 template <typename A>

@@ -50,8 +50,8 @@ void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
         std::fill(acc, acc + cb, A(0));
         const A* wy = by.Weights(p);
         const A* wx = bx.Weights(q);
-        for (int64_t r = 0; r < by.length[p]; ++r) {
-          for (int64_t u = 0; u < bx.length[q]; ++u) {
+        for (int64_t r = 0; r < by.len; ++r) {
+          for (int64_t u = 0; u < bx.len; ++u) {
             const A w = wy[r] * wx[u];
             const T* px = feat + FeatureIndex<kCL>(s, roi.n, c0, by.first[p] + r, bx.first[q] + u);
             for (int64_t c = 0; c < cb; ++c) acc[c] += w * Load<A>(px[c]);
@@ -62,23 +62,23 @@ void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
       }
     }
   } else {
-    for (int64_t c = c0; c < c0 + cb; ++c) {
-      const T* plane = feat + FeatureIndex<kCL>(s, roi.n, c, 0, 0);
-      for (int64_t p = 0; p < s.ph; ++p) {
-        const A* wy = by.Weights(p);
-        for (int64_t q = 0; q < s.pw; ++q) {
-          const A* wx = bx.Weights(q);
-          A acc = 0;
-          for (int64_t r = 0; r < by.length[p]; ++r) {
-            const T* row = plane + (by.first[p] + r) * s.w + bx.first[q];
-            A line = 0;
-            for (int64_t u = 0; u < bx.length[q]; ++u) line += wx[u] * Load<A>(row[u]);
-            acc += wy[r] * line;
+    WithBandLength(bx.len, [&](auto lx) {
+      for (int64_t c = c0; c < c0 + cb; ++c) {
+        const T* plane = feat + FeatureIndex<kCL>(s, roi.n, c, 0, 0);
+        T* o = out + PooledIndex<kCL>(s, k, c, 0, 0);
+        for (int64_t p = 0; p < s.ph; ++p) {
+          const A* wy = by.Weights(p);
+          const T* rows = plane + by.first[p] * s.w;
+          for (int64_t q = 0; q < s.pw; ++q) {
+            const A* wx = bx.Weights(q);
+            const T* px = rows + bx.first[q];
+            A acc = 0;
+            for (int64_t r = 0; r < by.len; ++r) acc += wy[r] * DotBand<lx()>(wx, px + r * s.w, bx.len);
+            o[p * s.pw + q] = Store<T>(acc / count);
           }
-          out[PooledIndex<kCL>(s, k, c, p, q)] = Store<T>(acc / count);
         }
       }
-    }
+    });
   }
 }
 
@@ -103,8 +103,8 @@ void AlignAvgBwdTask(const T* grad, const typename Accum<T>::type* rois, T* dfea
         for (int64_t q = 0; q < s.pw; ++q) {
           const A* wx = bx.Weights(q);
           const T* g = grad + PooledIndex<kCL>(s, k, c0, p, q);
-          for (int64_t r = 0; r < by.length[p]; ++r) {
-            for (int64_t u = 0; u < bx.length[q]; ++u) {
+          for (int64_t r = 0; r < by.len; ++r) {
+            for (int64_t u = 0; u < bx.len; ++u) {
               const A w = wy[r] * wx[u] / count;
               A* d = target.At(0, by.first[p] + r, bx.first[q] + u);
               for (int64_t c = 0; c < cb; ++c) d[c] += w * Load<A>(g[c]);
@@ -121,10 +121,10 @@ void AlignAvgBwdTask(const T* grad, const typename Accum<T>::type* rois, T* dfea
           for (int64_t q = 0; q < s.pw; ++q) {
             const A* wx = bx.Weights(q);
             const A gv = Load<A>(g[p * s.pw + q]) / count;
-            for (int64_t r = 0; r < by.length[p]; ++r) {
+            for (int64_t r = 0; r < by.len; ++r) {
               A* row = target.At(c, by.first[p] + r, bx.first[q]);
               const A gr = gv * wy[r];
-              for (int64_t u = 0; u < bx.length[q]; ++u) row[u] += gr * wx[u];
+              for (int64_t u = 0; u < bx.len; ++u) row[u] += gr * wx[u];
             }
           }
         }
