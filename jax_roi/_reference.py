@@ -90,12 +90,16 @@ def _div(a, b):
     """IEEE a / b, never rewritten into a * (1 / b).
 
     The divisor is materialised at the full result shape behind an optimization barrier, so
-    XLA's algebraic simplifier sees neither a constant nor a broadcast divisor.
+    XLA's algebraic simplifier sees neither a constant nor a broadcast divisor. The no-op
+    select first gives the divisor every batch axis of the numerator: under vmap an unbatched
+    divisor would otherwise be broadcast to the batch after the barrier, in plain sight.
     """
     a = jnp.asarray(a)
     b = jnp.asarray(b, a.dtype)
     shape = jnp.broadcast_shapes(a.shape, b.shape)
-    return jnp.broadcast_to(a, shape) / _opaque(jnp.broadcast_to(b, shape))
+    a = jnp.broadcast_to(a, shape)
+    b = lax.select(a == a, jnp.broadcast_to(b, shape), jnp.broadcast_to(b, shape))
+    return a / _opaque(b)
 
 
 _NAN_SWAP = {
@@ -109,12 +113,25 @@ def _unfused(x):
     """x, rounded on its own: a product passed through here is never fused into an FMA.
 
     Replaces one particular NaN bit pattern by another (a no-op on values) with integer
-    operations, which the compiler cannot prove to be the identity.
+    operations, which the compiler cannot prove to be the identity. Not differentiable (the
+    bit casts have no transpose): only for geometry and the max-mode search.
     """
     utype, magic, repl = _NAN_SWAP[np.dtype(x.dtype)]
     bits = lax.bitcast_convert_type(x, utype)
     bits = jnp.where(bits == utype(magic), utype(repl), bits)
     return lax.bitcast_convert_type(bits, x.dtype)
+
+
+def _unfused_linear(x, key, which):
+    """x, rounded on its own, through operations that are linear in x (transposable).
+
+    A select on an integer key that is never INT32_MIN + which where the result is used: the
+    compiler cannot prove the select away, and cannot fuse a product across it. Each product
+    of a sum needs its own `which`: selects on one condition would be merged into one select
+    of the whole sum, exposing the products again.
+    """
+    sentinel = np.int32(np.iinfo(np.int32).min + which)
+    return jnp.where(key == sentinel, jnp.asarray(np.nan, x.dtype), x)
 
 
 def _round_half_away(x):
@@ -199,7 +216,7 @@ class _Axis(NamedTuple):
     bin: jnp.ndarray  # [K] A, 0 for invalid rows
     grid: jnp.ndarray  # [K] int32, 0 for invalid rows
     base: jnp.ndarray  # [K, P] A: start + p * bin
-    grid_div: jnp.ndarray  # [K, P] A: max(grid, 1), as an opaque divisor
+    grid_div: jnp.ndarray  # [K, P] A: max(grid, 1), the divisor of sample coordinates
     lo: jnp.ndarray  # [K, P] int32: first sample on the map
     hi: jnp.ndarray  # [K, P] int32: one past the last sample on the map
 
@@ -229,11 +246,9 @@ def _axis_geometry(lo_coord, hi_coord, scale, aligned, pooled, sampling_ratio, A
     return start, bin_, grid, ok
 
 
-def _coord(base, bin_, grid_div, i, A):
-    """SampleCoord: (start + p*bin) + ((i + 0.5) * bin) / grid, in exactly that order.
-
-    base, bin_ and grid_div must have the full shape of i (grid_div opaque)."""
-    return base + (i.astype(A) + A(0.5)) * bin_ / grid_div
+def _coord(base, bin_, grid, i, A):
+    """SampleCoord: (start + p*bin) + ((i + 0.5) * bin) / grid, in exactly that order."""
+    return base + _div((i.astype(A) + A(0.5)) * bin_, grid)
 
 
 def _search(pred, a, b, n_iter):
@@ -259,7 +274,7 @@ def _finish_axis(start, bin_, grid, ok, pooled, size, cap, A):
     base = start[:, None] + _unfused(p * bin_[:, None])
     bin_kp = jnp.broadcast_to(bin_[:, None], (k, pooled))
     grid_kp = jnp.broadcast_to(grid[:, None], (k, pooled))
-    grid_div = _opaque(jnp.maximum(grid_kp, 1).astype(A))
+    grid_div = jnp.maximum(grid_kp, 1).astype(A)
     up = bin_kp >= A(0)
     near, far = A(-1), A(size)
 
@@ -479,7 +494,6 @@ def roi_align_avg_bwd(grad, rois, *, feature_shape, pooled_h, pooled_w, spatial_
         rows_x, w_x, d_x = _axis_taps(ax_x, width, cap, A)
         dx_max = jnp.maximum(jnp.max(d_x, initial=0), 1)
         count = jnp.maximum(ax_y.grid * ax_x.grid, 1).astype(A)
-        count_div = _opaque(jnp.broadcast_to(count[:, None, None], (kk, pooled_h, pooled_w)))
         nn = jnp.broadcast_to(n[:, None, None], (kk, pooled_h, pooled_w))
 
         def body(t, acc):
@@ -490,7 +504,7 @@ def roi_align_avg_bwd(grad, rois, *, feature_shape, pooled_h, pooled_w, spatial_
             rx = lax.dynamic_index_in_dim(rows_x, l, 2, keepdims=False)
             wx = lax.dynamic_index_in_dim(w_x, l, 2, keepdims=False)
             active = (j < d_y)[:, :, None] & (l < d_x)[:, None, :]
-            w = (wy[:, :, None] * wx[:, None, :]) / count_div
+            w = _div(wy[:, :, None] * wx[:, None, :], count[:, None, None])
             row = jnp.where(active, ry[:, :, None], height)  # inactive: dropped
             col = jnp.broadcast_to(rx[:, None, :], row.shape)
             return acc.at[nn, row, col].add(w[..., None] * g, mode="drop")
@@ -507,9 +521,10 @@ def roi_align_avg_bwd(grad, rois, *, feature_shape, pooled_h, pooled_w, spatial_
 # ---------------------------------------------------------------------------------------
 
 
-def _value4(w1, v1, w2, v2, w3, v3, w4, v4):
+def _value4(w1, v1, w2, v2, w3, v3, w4, v4, unfused=lambda x, i: _unfused(x)):
     """w1*v1 + w2*v2 + w3*v3 + w4*v4 left to right, every product rounded on its own."""
-    return ((_unfused(w1 * v1) + _unfused(w2 * v2)) + _unfused(w3 * v3)) + _unfused(w4 * v4)
+    return (((unfused(w1 * v1, 0) + unfused(w2 * v2, 1)) + unfused(w3 * v3, 2))
+            + unfused(w4 * v4, 3))
 
 
 def _first_max(sample, steps, shape, dtype):
@@ -665,9 +680,12 @@ def roi_align_max_gather(features, rois, argmax, *, pooled_h, pooled_w, spatial_
     def at(yy, xx):
         return features[lay.feature_index(nn, cc, yy, xx)].astype(A)
 
-    # Plain products: this map is differentiated again (grad of grad), and the FMA guard of
-    # _value4 is made of integer bit operations that have no transpose.
-    val = w1 * at(yl, xl) + w2 * at(yl, xh) + w3 * at(yh, xl) + w4 * at(yh, xh)
+    # The forward's expression, so that the gathered value is the recorded maximum bit for
+    # bit, with an FMA guard that is linear in the features: the library's JVP of the max
+    # forward applies this map to tangents and transposes it.
+    key = argmax.astype(jnp.int32)
+    val = _value4(w1, at(yl, xl), w2, at(yl, xh), w3, at(yh, xl), w4, at(yh, xh),
+                  unfused=lambda x, i: _unfused_linear(x, key, i))
     return jnp.where(use, val, A(0)).astype(dtype)
 
 

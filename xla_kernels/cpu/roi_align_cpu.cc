@@ -281,31 +281,6 @@ ffi::Error CheckAlignAttrs(const std::string& op, int64_t ph, int64_t pw, double
   return CheckPooledSize(op, ph, pw, ratio, s);
 }
 
-// Forward tasks: every (roi, channel block) pair.
-template <typename Task>
-ffi::Future RunForward(ffi::ThreadPool& pool, const RoiShape& s, int64_t cost_per_output,
-                       Task task) {
-  const int64_t cb = ChannelBlock(s.c);
-  const int64_t blocks = CeilDiv(s.c, cb);
-  return ParallelFor(pool, s.k * blocks, s.k * s.c * s.ph * s.pw * cost_per_output,
-                     [=](int64_t t) {
-                       const int64_t k = t / blocks, c0 = (t % blocks) * cb;
-                       task(k, c0, std::min(cb, s.c - c0));
-                     });
-}
-
-// Backward tasks: every (image, channel block) pair.
-template <typename Task>
-ffi::Future RunBackward(ffi::ThreadPool& pool, const RoiShape& s, Task task) {
-  const int64_t cb = ChannelBlock(s.c);
-  const int64_t blocks = CeilDiv(s.c, cb);
-  return ParallelFor(pool, s.n * blocks, s.n * s.c * s.h * s.w + s.k * s.c * s.ph * s.pw * 16,
-                     [=](int64_t t) {
-                       const int64_t n = t / blocks, c0 = (t % blocks) * cb;
-                       task(n, c0, std::min(cb, s.c - c0));
-                     });
-}
-
 ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                                ffi::Result<ffi::AnyBuffer> out, int64_t pooled_h,
                                int64_t pooled_w, double spatial_scale, int64_t sampling_ratio,
@@ -331,7 +306,7 @@ ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    return RunForward(pool, s, 16, [=](int64_t k, int64_t c0, int64_t cb) {
+    return RunPerRoi(pool, s, 16, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignAvgFwdTask<T, true>(f, r, o, s, prm, k, c0, cb);
       else AlignAvgFwdTask<T, false>(f, r, o, s, prm, k, c0, cb);
     });
@@ -363,7 +338,7 @@ ffi::Future RoiAlignAvgBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    return RunBackward(pool, s, [=](int64_t n, int64_t c0, int64_t cb) {
+    return RunPerImage(pool, s, 16, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignAvgBwdTask<T, true>(g, r, d, s, prm, n, c0, cb);
       else AlignAvgBwdTask<T, false>(g, r, d, s, prm, n, c0, cb);
     });
@@ -399,7 +374,7 @@ ffi::Future RoiAlignMaxFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    return RunForward(pool, s, 32, [=](int64_t k, int64_t c0, int64_t cb) {
+    return RunPerRoi(pool, s, 32, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxFwdTask<T, true>(f, r, o, am, s, prm, k, c0, cb);
       else AlignMaxFwdTask<T, false>(f, r, o, am, s, prm, k, c0, cb);
     });
@@ -434,7 +409,7 @@ ffi::Future RoiAlignMaxBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    return RunBackward(pool, s, [=](int64_t n, int64_t c0, int64_t cb) {
+    return RunPerImage(pool, s, 16, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxBwdTask<T, true>(g, r, am, d, s, prm, n, c0, cb);
       else AlignMaxBwdTask<T, false>(g, r, am, d, s, prm, n, c0, cb);
     });

@@ -113,12 +113,9 @@ ffi::Future RoiPoolFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::A
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    const int64_t cb = ChannelBlock(s.c);
-    const int64_t blocks = CeilDiv(s.c, cb);
-    return ParallelFor(pool, s.k * blocks, s.k * s.c * s.ph * s.pw * 8, [=](int64_t t) {
-      const int64_t k = t / blocks, c0 = (t % blocks) * cb, n = std::min(cb, s.c - c0);
-      if (s.channels_last) PoolFwdTask<T, true>(f, r, o, am, s, spatial_scale, k, c0, n);
-      else PoolFwdTask<T, false>(f, r, o, am, s, spatial_scale, k, c0, n);
+    return RunPerRoi(pool, s, 8, [=](int64_t k, int64_t c0, int64_t cb) {
+      if (s.channels_last) PoolFwdTask<T, true>(f, r, o, am, s, spatial_scale, k, c0, cb);
+      else PoolFwdTask<T, false>(f, r, o, am, s, spatial_scale, k, c0, cb);
     });
   });
 }
@@ -149,15 +146,10 @@ ffi::Future RoiPoolBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBu
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    const int64_t cb = ChannelBlock(s.c);
-    const int64_t blocks = CeilDiv(s.c, cb);
-    return ParallelFor(pool, s.n * blocks, s.n * s.c * s.h * s.w + s.k * s.c * s.ph * s.pw,
-                       [=](int64_t t) {
-                         const int64_t n = t / blocks, c0 = (t % blocks) * cb;
-                         const int64_t m = std::min(cb, s.c - c0);
-                         if (s.channels_last) PoolBwdTask<T, true>(g, r, am, d, s, n, c0, m);
-                         else PoolBwdTask<T, false>(g, r, am, d, s, n, c0, m);
-                       });
+    return RunPerImage(pool, s, 1, [=](int64_t n, int64_t c0, int64_t cb) {
+      if (s.channels_last) PoolBwdTask<T, true>(g, r, am, d, s, n, c0, cb);
+      else PoolBwdTask<T, false>(g, r, am, d, s, n, c0, cb);
+    });
   });
 }
 
