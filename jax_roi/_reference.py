@@ -183,17 +183,39 @@ def _merge(tree, k):
     return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:])[:k], tree)
 
 
-def _map_chunks(fn, tree, nch, kc, k):
-    """fn over roi chunks of the [K_pad, ...] arrays of tree; results concatenated to K."""
+def _take(tree, order):
+    return jax.tree_util.tree_map(lambda a: a[order], tree)
+
+
+def _sort_key(rows, cols, cols_bound):
+    """Sort key of rois whose loops take rows x cols steps: rows major, cols minor.
+
+    A chunk's loop runs max(rows) x max(cols) steps over the chunk, so rois are grouped by
+    both counts, not by their product (on random boxes this roughly halves the masked steps).
+    """
+    return rows * (cols_bound + 1) + jnp.minimum(cols, cols_bound)
+
+
+def _map_chunks(fn, tree, nch, kc, k, key=None):
+    """fn over roi chunks of the [K_pad, ...] arrays of tree; results in roi order, cut to K.
+
+    A loop inside fn runs as long as the costliest roi of its chunk needs, so with several
+    chunks the rois are first sorted by `key` (see _sort_key): similar rois share chunks, and
+    the results are put back in order at the end.
+    """
     if nch == 1:
         return _merge(jax.tree_util.tree_map(lambda a: a[None], fn(tree)), k)
-    return _merge(lax.map(fn, _split(tree, nch, kc)), k)
+    order = jnp.argsort(key)
+    out = _merge(lax.map(fn, _split(_take(tree, order), nch, kc)), nch * kc)
+    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+    return jax.tree_util.tree_map(lambda a: a[inverse[:k]], out)
 
 
-def _scan_chunks(fn, init, tree, nch, kc):
-    """carry = fn(carry, chunk) over roi chunks."""
+def _scan_chunks(fn, init, tree, nch, kc, key=None):
+    """carry = fn(carry, chunk) over roi chunks (sorted by key, as in _map_chunks)."""
     if nch == 1:
         return fn(init, tree)
+    tree = _take(tree, jnp.argsort(key))
     carry, _ = lax.scan(lambda c, x: (fn(c, x), None), init, _split(tree, nch, kc))
     return carry
 
@@ -378,6 +400,27 @@ def _first_outside(ax_y, ax_x):
     return jnp.where(some, f, -1)
 
 
+def _run_key(ax_y, ax_x):
+    """Sort key for the max-mode search: its loop covers the longest runs, y by x."""
+    ny = jnp.max(ax_y.hi - ax_y.lo, axis=1, initial=0)
+    nx = jnp.max(ax_x.hi - ax_x.lo, axis=1, initial=0)
+    return _sort_key(ny, nx, MAX_GRID)
+
+
+def _band_estimate(ax, size, A):
+    """Per roi, an upper bound on the distinct pixel rows (or columns) a bin's taps touch."""
+    n_run = ax.hi - ax.lo
+    bin_kp = jnp.broadcast_to(ax.bin[:, None], ax.base.shape)
+    first = _coord(ax.base, bin_kp, ax.grid_div, ax.lo, A)
+    last = _coord(ax.base, bin_kp, ax.grid_div, jnp.maximum(ax.hi - 1, ax.lo), A)
+
+    def row(y):
+        return jnp.floor(jnp.clip(jnp.nan_to_num(y), A(0), A(size - 1))).astype(jnp.int32)
+
+    band = jnp.abs(row(last) - row(first)) + 2
+    return jnp.max(jnp.where(n_run > 0, jnp.minimum(2 * n_run, band), 0), axis=1, initial=0)
+
+
 # ---------------------------------------------------------------------------------------
 # layout helpers
 # ---------------------------------------------------------------------------------------
@@ -468,7 +511,9 @@ def roi_align_avg_fwd(features, rois, *, pooled_h, pooled_w, spatial_scale, samp
         out = _div(acc, count[:, None, None, None]).astype(dtype)
         return _from_nhwc(out, channels_last)
 
-    return _map_chunks(chunk, geo, nch, kc, k)
+    key = _sort_key(_band_estimate(geo[2], height, A), _band_estimate(geo[3], width, A),
+                    width + 1)
+    return _map_chunks(chunk, geo, nch, kc, k, key)
 
 
 def roi_align_avg_bwd(grad, rois, *, feature_shape, pooled_h, pooled_w, spatial_scale,
@@ -512,7 +557,9 @@ def roi_align_avg_bwd(grad, rois, *, feature_shape, pooled_h, pooled_w, spatial_
         return lax.fori_loop(0, jnp.max(d_y, initial=0) * dx_max, body, acc)
 
     acc = jnp.zeros((n_img, height, width, chans), A)
-    acc = _scan_chunks(chunk, acc, (geo, _pad_pooled(grad, k_pad)), nch, kc)
+    key = _sort_key(_band_estimate(geo[2], height, A), _band_estimate(geo[3], width, A),
+                    width + 1)
+    acc = _scan_chunks(chunk, acc, (geo, _pad_pooled(grad, k_pad)), nch, kc, key)
     return _from_nhwc(acc, channels_last).astype(dtype)
 
 
@@ -613,7 +660,7 @@ def roi_align_max_fwd(features, rois, *, pooled_h, pooled_w, spatial_scale, samp
         idx = jnp.where(lose, -1, idx)
         return _from_nhwc(best, channels_last), _from_nhwc(idx, channels_last)
 
-    return _map_chunks(chunk, geo, nch, kc, k)
+    return _map_chunks(chunk, geo, nch, kc, k, _run_key(geo[2], geo[3]))
 
 
 def _max_winner_taps(rois, argmax, n_img, height, width, pooled_h, pooled_w, spatial_scale,
@@ -753,7 +800,9 @@ def roi_pool_fwd(features, rois, *, pooled_h, pooled_w, spatial_scale, channels_
         best, idx = _first_max(sample, steps, (n.shape[0], pooled_h, pooled_w, chans), dtype)
         return _from_nhwc(best, channels_last), _from_nhwc(idx, channels_last)
 
-    return _map_chunks(chunk, geo, nch, kc, k)
+    key = _sort_key(jnp.max(geo[2], axis=1, initial=0), jnp.max(geo[4], axis=1, initial=0),
+                    width)
+    return _map_chunks(chunk, geo, nch, kc, k, key)
 
 
 def _pool_winner(rois, argmax, n_img, height, width, lay, A):

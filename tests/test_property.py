@@ -49,7 +49,7 @@ plain_row = st.tuples(st.floats(-0.99, 1.99), _plain, _plain, _plain, _plain)
 OPS = [("roi_align", "avg"), ("roi_align", "max"), ("roi_pool", None)]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=100, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(st.one_of(row, plain_row), min_size=K, max_size=K),

@@ -190,18 +190,6 @@ inline void WithBandLength(int64_t n, F&& fn) {
   }
 }
 
-// sum_u w[u] * v[u] over a band; L > 0 fixes the length at compile time (fully unrolled).
-template <int L, typename A, typename T>
-inline A DotBand(const A* w, const T* v, int64_t n) {
-  A s = 0;
-  if (L > 0) {
-    for (int u = 0; u < L; ++u) s += w[u] * Load<A>(v[u]);
-  } else {
-    for (int64_t u = 0; u < n; ++u) s += w[u] * Load<A>(v[u]);
-  }
-  return s;
-}
-
 // Per-roi roi_align geometry for both axes; ok is false for a row that outputs zeros.
 template <typename A>
 struct AlignRoi {

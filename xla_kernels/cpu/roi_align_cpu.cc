@@ -62,22 +62,35 @@ void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
       }
     }
   } else {
-    WithBandLength(bx.len, [&](auto lx) {
-      for (int64_t c = c0; c < c0 + cb; ++c) {
-        const T* plane = feat + FeatureIndex<kCL>(s, roi.n, c, 0, 0);
-        T* o = out + PooledIndex<kCL>(s, k, c, 0, 0);
-        for (int64_t p = 0; p < s.ph; ++p) {
-          const A* wy = by.Weights(p);
-          const T* rows = plane + by.first[p] * s.w;
-          for (int64_t q = 0; q < s.pw; ++q) {
-            const A* wx = bx.Weights(q);
-            const T* px = rows + bx.first[q];
-            A acc = 0;
-            for (int64_t r = 0; r < by.len; ++r) acc += wy[r] * DotBand<lx()>(wx, px + r * s.w, bx.len);
-            o[p * s.pw + q] = Store<T>(acc / count);
+    // kG channel planes at once: kG independent accumulation chains per bin keep the FP
+    // pipeline busy where one chain would wait on its own additions.
+    const int64_t hw = s.h * s.w;
+    auto planes = [&](auto lx, auto group, int64_t c) {
+      constexpr int kL = decltype(lx)::value;
+      constexpr int kG = decltype(group)::value;
+      const T* plane = feat + FeatureIndex<kCL>(s, roi.n, c, 0, 0);
+      T* o = out + PooledIndex<kCL>(s, k, c, 0, 0);
+      const int64_t lx_n = kL > 0 ? kL : bx.len;
+      for (int64_t p = 0; p < s.ph; ++p) {
+        const A* wy = by.Weights(p);
+        for (int64_t q = 0; q < s.pw; ++q) {
+          const A* wx = bx.Weights(q);
+          const T* px = plane + by.first[p] * s.w + bx.first[q];
+          A acc[kG] = {};
+          for (int64_t r = 0; r < by.len; ++r, px += s.w) {
+            for (int64_t u = 0; u < lx_n; ++u) {
+              const A w = wy[r] * wx[u];
+              for (int j = 0; j < kG; ++j) acc[j] += w * Load<A>(px[j * hw + u]);
+            }
           }
+          for (int j = 0; j < kG; ++j) o[j * s.ph * s.pw + p * s.pw + q] = Store<T>(acc[j] / count);
         }
       }
+    };
+    WithBandLength(bx.len, [&](auto lx) {
+      int64_t c = c0;
+      for (; c + 4 <= c0 + cb; c += 4) planes(lx, std::integral_constant<int, 4>{}, c);
+      for (; c < c0 + cb; ++c) planes(lx, std::integral_constant<int, 1>{}, c);
     });
   }
 }
@@ -113,22 +126,32 @@ void AlignAvgBwdTask(const T* grad, const typename Accum<T>::type* rois, T* dfea
         }
       }
     } else {
-      // One channel plane at a time: the band rows are contiguous.
-      for (int64_t c = 0; c < cb; ++c) {
+      // kG channel planes at a time (independent read-modify-write streams); the band rows
+      // are contiguous.
+      auto planes = [&](auto group, int64_t c) {
+        constexpr int kG = decltype(group)::value;
         const T* g = grad + PooledIndex<kCL>(s, k, c0 + c, 0, 0);
+        const int64_t gstep = s.ph * s.pw;
+        const int64_t dstep = target.sc;
         for (int64_t p = 0; p < s.ph; ++p) {
           const A* wy = by.Weights(p);
           for (int64_t q = 0; q < s.pw; ++q) {
             const A* wx = bx.Weights(q);
-            const A gv = Load<A>(g[p * s.pw + q]) / count;
-            for (int64_t r = 0; r < by.len; ++r) {
-              A* row = target.At(c, by.first[p] + r, bx.first[q]);
-              const A gr = gv * wy[r];
-              for (int64_t u = 0; u < bx.len; ++u) row[u] += gr * wx[u];
+            A gv[kG];
+            for (int j = 0; j < kG; ++j) gv[j] = Load<A>(g[j * gstep + p * s.pw + q]) / count;
+            A* row = target.At(c, by.first[p], bx.first[q]);
+            for (int64_t r = 0; r < by.len; ++r, row += target.sy) {
+              for (int64_t u = 0; u < bx.len; ++u) {
+                const A w = wy[r] * wx[u];
+                for (int j = 0; j < kG; ++j) row[j * dstep + u] += gv[j] * w;
+              }
             }
           }
         }
-      }
+      };
+      int64_t c = 0;
+      for (; c + 4 <= cb; c += 4) planes(std::integral_constant<int, 4>{}, c);
+      for (; c < cb; ++c) planes(std::integral_constant<int, 1>{}, c);
     }
   }
   target.Finish();
