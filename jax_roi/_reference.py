@@ -13,32 +13,42 @@ Two compiler rewrites would otherwise move them:
 
 * XLA's algebraic simplifier turns a division by a constant or by a broadcast into a
   multiplication by the reciprocal (float32 ``x / 7`` differs from ``x * (1/7)`` for about
-  half of all x). Every division here has a divisor that is materialised at the full result
-  shape behind ``lax.optimization_barrier`` (``_div``, ``grid_div``): XLA then sees a divide of
-  two plain arrays and keeps it as a true IEEE division.
+  half of all x, and ``ceil(7m / 7)`` would give m + 1 for over half of all m). Every division
+  goes through ``_div``: its divisor is given the full result shape and every batch axis of
+  the numerator (else vmap would broadcast it in plain sight), then hidden behind
+  ``lax.optimization_barrier``; XLA sees a divide of two plain arrays and keeps it exact.
 * XLA's CPU and GPU backends contract ``a * b + c`` into a fused multiply-add, which rounds
   once instead of twice. Products that feed an addition in the geometry (``x1 * s - 0.5``,
   ``start + p * bin``) or in a max-mode sample value go through ``_unfused``: a bit-level no-op
   (it swaps one NaN payload for another) that the compiler cannot see through, so the product
-  is rounded on its own as in the C++ kernels.
+  is rounded on its own as in the C++ kernels. ``roi_align_max_gather`` is transposed by the
+  library's autodiff rules, so its guard (``_unfused_linear``) is a select on the argmax input
+  instead, linear in the features.
 
-Both are checked against NumPy float32 arithmetic in tests/test_reference.py.
+Both are checked against NumPy arithmetic in the compute type in tests/test_reference.py
+(max mode and roi_pool bit for bit, values and argmax).
 
 Bounded cost for any box. A sample coordinate is monotone in the sample index, so the samples
 of a bin that lie on the map (``[-1, size]``) form one contiguous run per axis; two vectorised
 binary searches with the exact predicate find it (as ``InsideRun`` in the header), and the
-loops visit only those runs. Loops are ``lax.while_loop`` over the longest run, masked per
-roi. Every loop step gathers one ``[Kc, PH, PW, C]`` block of channel rows from channels-last
-features; nothing of size ``[K, C, H, W]`` is ever formed. The rois are processed in chunks of
-``Kc`` (``lax.map``) sized so that a chunk's running state stays in cache, which also makes each
-chunk's trip count its own longest run rather than the global one.
+loops visit only those runs: a 1e9-pixel box costs its samples on the map, not its grid. Loops
+are ``lax.while_loop`` over the longest run, masked per roi. Every loop step gathers one
+``[Kc, PH, PW, C]`` block of channel rows from channels-last features (NCHW input is
+transposed once); nothing of size ``[K, C, H, W]`` is ever formed. The rois are processed in
+chunks of ``Kc`` (``lax.map``, ``CHUNK_ELEMENTS``), which bounds the memory of a step and gives
+each chunk its own trip count; the rois are sorted by their loop lengths first, so that
+similar rois share a chunk, and the results put back in order.
 
 roi_align avg uses separable interpolation weights (as the CPU kernel's ``AxisBands``): along
 each axis, the taps of a bin's inside samples are merged per pixel row (column), so a bin costs
 (distinct rows) x (distinct columns) gathers, never more than the 4 * gh * gw of a sample loop
 and far fewer for adaptive grids on large boxes. Its values therefore agree with a naive sample
 loop to rounding, not bit for bit (the kernels' avg does not either); max mode and roi_pool
-reproduce the kernels' values and argmax exactly.
+reproduce the kernels' decisions and values exactly.
+
+max mode and roi_pool make two passes over their samples (the running maximum, then the first
+sample equal to it), each updating one array: XLA fuses such an update with its gathers into
+one loop, whereas tracking value and index together materialises every gather.
 """
 
 from __future__ import annotations
