@@ -8,6 +8,7 @@ without either).
 from __future__ import annotations
 
 import importlib
+import os
 
 from . import _compat
 
@@ -23,7 +24,13 @@ TARGETS = (
 
 
 def _register(module_name: str, platform: str) -> frozenset[str]:
-    module = importlib.import_module(f"jax_roi.{module_name}")
+    try:
+        module = importlib.import_module(f"jax_roi.{module_name}")
+    except ModuleNotFoundError as e:
+        raise ImportError(
+            f"jax_roi's compiled kernels ({module_name}) are missing from {os.path.dirname(__file__)}. "
+            "This is a source folder shadowing the installed package (run from elsewhere, or "
+            "install with `pip install -e .`), or an incomplete build.") from e
     registered = set()
     for name, capsule in module.registrations().items():
         _compat.register_ffi_target(name, capsule, platform=platform)

@@ -295,35 +295,19 @@ void AlignMaxBwdTask(const T* grad, const typename Accum<T>::type* rois, const i
 // FFI handlers
 // ----------------------------------------------------------------------------------------
 
-ffi::Error CheckAlignAttrs(const std::string& op, int64_t ph, int64_t pw, double scale,
-                           int64_t ratio, RoiShape* s) {
-  if (!(scale > 0) || !IsFinite(scale)) {
-    return InvalidArgument(op, "spatial_scale must be a positive finite number, got " +
-                                   std::to_string(scale));
-  }
-  return CheckPooledSize(op, ph, pw, ratio, s);
-}
-
 ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                                ffi::Result<ffi::AnyBuffer> out, int64_t pooled_h,
                                int64_t pooled_w, double spatial_scale, int64_t sampling_ratio,
                                bool aligned, bool channels_last) {
-  const std::string op = "roi_align_avg_fwd";
   RoiShape s;
-  s.channels_last = channels_last;
-  if (auto e = ReadFeatureShape(op, "features", features.dimensions(), channels_last, &s);
+  if (auto e = CheckRoiOp("roi_align_avg_fwd", "features", features.dimensions(),
+                          features.element_type(), rois, "output", out->dimensions(),
+                          out->element_type(), nullptr,
+                          {pooled_h, pooled_w, spatial_scale, sampling_ratio, channels_last}, &s);
       e.failure())
     return ErrorFuture(e);
-  if (auto e = ReadRois(op, rois, features.element_type(), &s); e.failure()) return ErrorFuture(e);
-  if (auto e = CheckAlignAttrs(op, pooled_h, pooled_w, spatial_scale, sampling_ratio, &s);
-      e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "output", out->dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (out->element_type() != features.element_type())
-    return ErrorFuture(InvalidArgument(op, "output dtype must equal the features dtype"));
   const AlignParams prm{spatial_scale, sampling_ratio, aligned};
-  return VisitFloatType(features.element_type(), op, [&](auto tag) {
+  return VisitFloatType(features.element_type(), "roi_align", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
@@ -340,22 +324,15 @@ ffi::Future RoiAlignAvgBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
                                ffi::Result<ffi::AnyBuffer> dfeat, int64_t pooled_h,
                                int64_t pooled_w, double spatial_scale, int64_t sampling_ratio,
                                bool aligned, bool channels_last) {
-  const std::string op = "roi_align_avg_bwd";
   RoiShape s;
-  s.channels_last = channels_last;
-  if (auto e = ReadFeatureShape(op, "grad_features", dfeat->dimensions(), channels_last, &s);
+  if (auto e = CheckRoiOp("roi_align_avg_bwd", "grad_features", dfeat->dimensions(),
+                          dfeat->element_type(), rois, "grad", grad.dimensions(),
+                          grad.element_type(), nullptr,
+                          {pooled_h, pooled_w, spatial_scale, sampling_ratio, channels_last}, &s);
       e.failure())
     return ErrorFuture(e);
-  if (auto e = ReadRois(op, rois, dfeat->element_type(), &s); e.failure()) return ErrorFuture(e);
-  if (auto e = CheckAlignAttrs(op, pooled_h, pooled_w, spatial_scale, sampling_ratio, &s);
-      e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "grad", grad.dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (grad.element_type() != dfeat->element_type())
-    return ErrorFuture(InvalidArgument(op, "grad dtype must equal the features dtype"));
   const AlignParams prm{spatial_scale, sampling_ratio, aligned};
-  return VisitFloatType(grad.element_type(), op, [&](auto tag) {
+  return VisitFloatType(grad.element_type(), "roi_align", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
@@ -373,25 +350,17 @@ ffi::Future RoiAlignMaxFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
                                ffi::Result<ffi::Buffer<ffi::S32>> argmax, int64_t pooled_h,
                                int64_t pooled_w, double spatial_scale, int64_t sampling_ratio,
                                bool aligned, bool channels_last) {
-  const std::string op = "roi_align_max_fwd";
   RoiShape s;
-  s.channels_last = channels_last;
-  if (auto e = ReadFeatureShape(op, "features", features.dimensions(), channels_last, &s);
+  const auto argmax_dims = argmax->dimensions();
+  if (auto e = CheckRoiOp("roi_align_max_fwd", "features", features.dimensions(),
+                          features.element_type(), rois, "output", out->dimensions(),
+                          out->element_type(), &argmax_dims,
+                          {pooled_h, pooled_w, spatial_scale, sampling_ratio, channels_last}, &s);
       e.failure())
     return ErrorFuture(e);
-  if (auto e = ReadRois(op, rois, features.element_type(), &s); e.failure()) return ErrorFuture(e);
-  if (auto e = CheckAlignAttrs(op, pooled_h, pooled_w, spatial_scale, sampling_ratio, &s);
-      e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "output", out->dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "argmax", argmax->dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (out->element_type() != features.element_type())
-    return ErrorFuture(InvalidArgument(op, "output dtype must equal the features dtype"));
   const AlignParams prm{spatial_scale, sampling_ratio, aligned};
   int32_t* am = argmax->typed_data();
-  return VisitFloatType(features.element_type(), op, [&](auto tag) {
+  return VisitFloatType(features.element_type(), "roi_align", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
@@ -408,25 +377,17 @@ ffi::Future RoiAlignMaxBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
                                ffi::Buffer<ffi::S32> argmax, ffi::Result<ffi::AnyBuffer> dfeat,
                                int64_t pooled_h, int64_t pooled_w, double spatial_scale,
                                int64_t sampling_ratio, bool aligned, bool channels_last) {
-  const std::string op = "roi_align_max_bwd";
   RoiShape s;
-  s.channels_last = channels_last;
-  if (auto e = ReadFeatureShape(op, "grad_features", dfeat->dimensions(), channels_last, &s);
+  const auto argmax_dims = argmax.dimensions();
+  if (auto e = CheckRoiOp("roi_align_max_bwd", "grad_features", dfeat->dimensions(),
+                          dfeat->element_type(), rois, "grad", grad.dimensions(),
+                          grad.element_type(), &argmax_dims,
+                          {pooled_h, pooled_w, spatial_scale, sampling_ratio, channels_last}, &s);
       e.failure())
     return ErrorFuture(e);
-  if (auto e = ReadRois(op, rois, dfeat->element_type(), &s); e.failure()) return ErrorFuture(e);
-  if (auto e = CheckAlignAttrs(op, pooled_h, pooled_w, spatial_scale, sampling_ratio, &s);
-      e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "grad", grad.dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "argmax", argmax.dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (grad.element_type() != dfeat->element_type())
-    return ErrorFuture(InvalidArgument(op, "grad dtype must equal the features dtype"));
   const AlignParams prm{spatial_scale, sampling_ratio, aligned};
   const int32_t* am = argmax.typed_data();
-  return VisitFloatType(grad.element_type(), op, [&](auto tag) {
+  return VisitFloatType(grad.element_type(), "roi_align", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());

@@ -78,36 +78,20 @@ void PoolBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32
   target.Finish();
 }
 
-ffi::Error CheckPoolAttrs(const std::string& op, int64_t ph, int64_t pw, double scale,
-                          RoiShape* s) {
-  if (!(scale > 0) || !IsFinite(scale)) {
-    return InvalidArgument(op, "spatial_scale must be a positive finite number, got " +
-                                   std::to_string(scale));
-  }
-  return CheckPooledSize(op, ph, pw, 0, s);
-}
-
 ffi::Future RoiPoolFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                            ffi::Result<ffi::AnyBuffer> out,
                            ffi::Result<ffi::Buffer<ffi::S32>> argmax, int64_t pooled_h,
                            int64_t pooled_w, double spatial_scale, bool channels_last) {
-  const std::string op = "roi_pool_fwd";
   RoiShape s;
-  s.channels_last = channels_last;
-  if (auto e = ReadFeatureShape(op, "features", features.dimensions(), channels_last, &s);
+  const auto argmax_dims = argmax->dimensions();
+  if (auto e = CheckRoiOp("roi_pool_fwd", "features", features.dimensions(),
+                          features.element_type(), rois, "output", out->dimensions(),
+                          out->element_type(), &argmax_dims,
+                          {pooled_h, pooled_w, spatial_scale, 0, channels_last}, &s);
       e.failure())
     return ErrorFuture(e);
-  if (auto e = ReadRois(op, rois, features.element_type(), &s); e.failure()) return ErrorFuture(e);
-  if (auto e = CheckPoolAttrs(op, pooled_h, pooled_w, spatial_scale, &s); e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "output", out->dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "argmax", argmax->dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (out->element_type() != features.element_type())
-    return ErrorFuture(InvalidArgument(op, "output dtype must equal the features dtype"));
   int32_t* am = argmax->typed_data();
-  return VisitFloatType(features.element_type(), op, [&](auto tag) {
+  return VisitFloatType(features.element_type(), "roi_pool", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
@@ -124,23 +108,16 @@ ffi::Future RoiPoolBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBu
                            ffi::Buffer<ffi::S32> argmax, ffi::Result<ffi::AnyBuffer> dfeat,
                            int64_t pooled_h, int64_t pooled_w, double spatial_scale,
                            bool channels_last) {
-  const std::string op = "roi_pool_bwd";
   RoiShape s;
-  s.channels_last = channels_last;
-  if (auto e = ReadFeatureShape(op, "grad_features", dfeat->dimensions(), channels_last, &s);
+  const auto argmax_dims = argmax.dimensions();
+  if (auto e = CheckRoiOp("roi_pool_bwd", "grad_features", dfeat->dimensions(),
+                          dfeat->element_type(), rois, "grad", grad.dimensions(),
+                          grad.element_type(), &argmax_dims,
+                          {pooled_h, pooled_w, spatial_scale, 0, channels_last}, &s);
       e.failure())
     return ErrorFuture(e);
-  if (auto e = ReadRois(op, rois, dfeat->element_type(), &s); e.failure()) return ErrorFuture(e);
-  if (auto e = CheckPoolAttrs(op, pooled_h, pooled_w, spatial_scale, &s); e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "grad", grad.dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (auto e = CheckPooledShape(op, "argmax", argmax.dimensions(), &s); e.failure())
-    return ErrorFuture(e);
-  if (grad.element_type() != dfeat->element_type())
-    return ErrorFuture(InvalidArgument(op, "grad dtype must equal the features dtype"));
   const int32_t* am = argmax.typed_data();
-  return VisitFloatType(grad.element_type(), op, [&](auto tag) {
+  return VisitFloatType(grad.element_type(), "roi_pool", [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());

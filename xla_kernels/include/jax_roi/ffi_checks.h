@@ -110,6 +110,44 @@ inline ffi::Error CheckPooledSize(const std::string& op, int64_t ph, int64_t pw,
   return ffi::Error::Success();
 }
 
+// The static attributes of every roi op (sampling_ratio is 0 for roi_pool).
+struct PooledAttrs {
+  int64_t ph, pw;
+  double scale;
+  int64_t ratio;
+  bool channels_last;
+};
+
+// Everything a roi handler must check before touching memory, forward and backward alike:
+// the feature-map-shaped buffer (features in, or the features' gradient out), rois [K, 5] in
+// the compute type, the attributes, the pooled-shaped buffer (output, or incoming gradient)
+// and, for max-type ops, the argmax. Fills `s`.
+inline ffi::Error CheckRoiOp(const std::string& op, const char* map_name,
+                             ffi::AnyBuffer::Dimensions map_dims, ffi::DataType map_type,
+                             const ffi::AnyBuffer& rois, const char* pooled_name,
+                             ffi::AnyBuffer::Dimensions pooled_dims, ffi::DataType pooled_type,
+                             const ffi::AnyBuffer::Dimensions* argmax_dims,
+                             const PooledAttrs& a, RoiShape* s) {
+  s->channels_last = a.channels_last;
+  if (auto e = ReadFeatureShape(op, map_name, map_dims, a.channels_last, s); e.failure())
+    return e;
+  if (auto e = ReadRois(op, rois, map_type, s); e.failure()) return e;
+  if (!(a.scale > 0) || !(a.scale - a.scale == 0)) {
+    return InvalidArgument(op, "spatial_scale must be a positive finite number, got " +
+                                   std::to_string(a.scale));
+  }
+  if (auto e = CheckPooledSize(op, a.ph, a.pw, a.ratio, s); e.failure()) return e;
+  if (auto e = CheckPooledShape(op, pooled_name, pooled_dims, s); e.failure()) return e;
+  if (argmax_dims) {
+    if (auto e = CheckPooledShape(op, "argmax", *argmax_dims, s); e.failure()) return e;
+  }
+  if (pooled_type != map_type) {
+    return InvalidArgument(op, std::string(pooled_name) + " dtype must equal the " + map_name +
+                                   " dtype");
+  }
+  return ffi::Error::Success();
+}
+
 inline bool IsFloatType(ffi::DataType t) {
   return t == ffi::DataType::F32 || t == ffi::DataType::F64 || t == ffi::DataType::F16 ||
          t == ffi::DataType::BF16;
