@@ -148,11 +148,6 @@ inline ffi::Error CheckRoiOp(const std::string& op, const char* map_name,
   return ffi::Error::Success();
 }
 
-inline bool IsFloatType(ffi::DataType t) {
-  return t == ffi::DataType::F32 || t == ffi::DataType::F64 || t == ffi::DataType::F16 ||
-         t == ffi::DataType::BF16;
-}
-
 }  // namespace jax_roi
 
 #endif  // JAX_ROI_FFI_CHECKS_H_
