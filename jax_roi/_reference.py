@@ -615,6 +615,13 @@ def _first_max(sample, steps, shape, dtype):
     return best, idx
 
 
+def _empty_max_result(k, pooled_h, pooled_w, chans, dtype, channels_last):
+    """(zeros, argmax -1) for a max-type forward with nothing to read."""
+    shape = (k, pooled_h, pooled_w, chans)
+    return (_from_nhwc(jnp.zeros(shape, dtype), channels_last),
+            _from_nhwc(jnp.full(shape, -1, jnp.int32), channels_last))
+
+
 def roi_align_max_fwd(features, rois, *, pooled_h, pooled_w, spatial_scale, sampling_ratio,
                       aligned, channels_last):
     dtype = features.dtype
@@ -623,9 +630,7 @@ def roi_align_max_fwd(features, rois, *, pooled_h, pooled_w, spatial_scale, samp
     n_img, height, width, chans = f.shape
     k = rois.shape[0]
     if _empty(n_img, height, width, chans, k, pooled_h, pooled_w):
-        shape = (k, pooled_h, pooled_w, chans)
-        return (_from_nhwc(jnp.zeros(shape, dtype), channels_last),
-                _from_nhwc(jnp.full(shape, -1, jnp.int32), channels_last))
+        return _empty_max_result(k, pooled_h, pooled_w, chans, dtype, channels_last)
     kc, nch = _chunk_rois(k, pooled_h * pooled_w * chans)
     geo = _align_geometry(_pad_rois(rois, kc * nch, A), n_img, height, width, pooled_h,
                           pooled_w, spatial_scale, sampling_ratio, aligned, A)
@@ -785,9 +790,7 @@ def roi_pool_fwd(features, rois, *, pooled_h, pooled_w, spatial_scale, channels_
     n_img, height, width, chans = f.shape
     k = rois.shape[0]
     if _empty(n_img, height, width, chans, k, pooled_h, pooled_w):
-        shape = (k, pooled_h, pooled_w, chans)
-        return (_from_nhwc(jnp.zeros(shape, dtype), channels_last),
-                _from_nhwc(jnp.full(shape, -1, jnp.int32), channels_last))
+        return _empty_max_result(k, pooled_h, pooled_w, chans, dtype, channels_last)
     kc, nch = _chunk_rois(k, pooled_h * pooled_w * chans)
     geo = _pool_geometry(_pad_rois(rois, kc * nch, A), n_img, height, width, pooled_h,
                          pooled_w, spatial_scale, A)
