@@ -84,36 +84,44 @@ ffi::Future VisitFloatType(ffi::DataType type, const std::string& op, F&& f) {
   }
 }
 
-// Channel blocks: the unit of parallel work along C. Wide enough for the NHWC inner loop to
-// vectorise, small enough for a few blocks per image so the backward has tasks to share.
-inline int64_t ChannelBlock(int64_t c) { return std::max<int64_t>(1, std::min<int64_t>(c, 64)); }
-
-// Backward tasks own (image, channel block) and walk every roi of their image: the block's
-// gradient should stay in cache meanwhile. NCHW: about 512 KiB of planes (L2); NHWC: 16
-// channels, one cache line per pixel.
-inline int64_t BackwardChannelBlock(const RoiShape& s) {
-  if (s.channels_last) return std::max<int64_t>(1, std::min<int64_t>(s.c, 16));
-  const int64_t fit = (int64_t{1} << 17) / std::max<int64_t>(1, s.h * s.w);
-  return std::max<int64_t>(1, std::min<int64_t>(s.c, std::min<int64_t>(fit, 64)));
-}
-
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Forward tasks: every (roi, channel block) pair; `cost` is the work per output element.
+// Most channels one task handles (the max kernels keep per-channel state on the stack).
+constexpr int64_t kMaxChannelBlock = 64;
+
+// Channels per task: as many as keep `bytes_per_channel * block` within `budget`, between
+// a least (NHWC: 16 floats, a cache line per pixel and full vectors; NCHW: `least_nchw`) and
+// kMaxChannelBlock.
+inline int64_t CacheChannelBlock(const RoiShape& s, int64_t bytes_per_channel, int64_t budget,
+                                 int64_t least_nchw) {
+  const int64_t least = std::min<int64_t>(s.c, s.channels_last ? 16 : least_nchw);
+  const int64_t fit = budget / std::max<int64_t>(1, bytes_per_channel);
+  return std::max<int64_t>(1, std::max(least, std::min(std::min(s.c, kMaxChannelBlock), fit)));
+}
+
+// Forward tasks: every (channel block, roi) pair, block-major. Both threads work through the
+// rois of one channel block at a time, so the block's slice of the maps (kept to about 4 MiB,
+// a share of L3) is read from memory once rather than once per roi: with a 200x304 map and
+// 256 channels the maps are 60 MiB per image, and roi-major order streamed each roi's window
+// of every channel from DRAM. `cost` is the work per output element.
 template <typename Task>
-ffi::Future RunPerRoi(ffi::ThreadPool& pool, const RoiShape& s, int64_t cost, Task task) {
-  const int64_t cb = ChannelBlock(s.c);
+ffi::Future RunPerRoi(ffi::ThreadPool& pool, const RoiShape& s, int64_t elem_bytes, int64_t cost,
+                      Task task) {
+  const int64_t cb = CacheChannelBlock(s, s.n * s.h * s.w * elem_bytes, int64_t{4} << 20, 4);
   const int64_t blocks = CeilDiv(s.c, cb);
   return ParallelFor(pool, s.k * blocks, s.k * s.c * s.ph * s.pw * cost, [=](int64_t t) {
-    const int64_t k = t / blocks, c0 = (t % blocks) * cb;
+    const int64_t k = t % s.k, c0 = (t / s.k) * cb;
     task(k, c0, std::min(cb, s.c - c0));
   });
 }
 
-// Backward tasks: every (image, channel block) pair; `cost` is the work per pooled element.
+// Backward tasks: every (image, channel block) pair, each walking every roi of its image;
+// the block's gradient (accumulated in `accum_bytes` elements, about 512 KiB: L2) stays in
+// cache meanwhile. `cost` is the work per pooled element.
 template <typename Task>
-ffi::Future RunPerImage(ffi::ThreadPool& pool, const RoiShape& s, int64_t cost, Task task) {
-  const int64_t cb = BackwardChannelBlock(s);
+ffi::Future RunPerImage(ffi::ThreadPool& pool, const RoiShape& s, int64_t accum_bytes,
+                        int64_t cost, Task task) {
+  const int64_t cb = CacheChannelBlock(s, s.h * s.w * accum_bytes, int64_t{1} << 19, 16);
   const int64_t blocks = CeilDiv(s.c, cb);
   return ParallelFor(pool, s.n * blocks, s.n * s.c * s.h * s.w + s.k * s.c * s.ph * s.pw * cost,
                      [=](int64_t t) {
@@ -122,65 +130,158 @@ ffi::Future RunPerImage(ffi::ThreadPool& pool, const RoiShape& s, int64_t cost, 
                      });
 }
 
-// The interpolation weights of one roi along one axis, per bin, as a band of consecutive
-// pixels. Bilinear weights factor into a row part and a column part, and the out-of-map test
-// does too, so the sum over a gh x gw grid of samples equals
-//   sum_r sum_s Wy[r] * Wx[s] * v[r, s]
-// with Wy the summed row weights of the bin's inside samples. A band is at most a few pixels
-// wider than its bin, whatever the sampling grid: bins cost O(band area) per channel instead
-// of O(4 * gh * gw), and huge boxes cost no more than the map they cover.
+// The interpolation taps of one roi along one axis, per bin: the distinct pixels that the
+// bin's inside samples touch, ascending, each with its summed weight. Bilinear weights factor
+// into a row part and a column part, and the out-of-map test does too, so the sum over a
+// gh x gw grid of samples equals
+//   sum_r sum_u Wy[r] * Wx[u] * v[pixel_y[r], pixel_x[u]]
+// which costs (taps_y x taps_x) per bin and channel instead of 4 * gh * gw. A bin has at
+// most min(2 * grid, bin width + 2) taps: small bins with many samples share pixels, large
+// bins with few samples (a 20-pixel bin at sampling_ratio 2) keep only the 4 they touch.
 //
-// All bins of one roi get the same band length (the longest, padded with zero weights and
-// shifted to stay inside the map): the inner loops then have one trip count per roi, which
-// the kernels specialise on (no data-dependent branches in the hot loop).
+// All bins of one roi get the same tap count (the largest, padded with zero weights on a
+// valid pixel): the inner loops then have one trip count per roi, which the kernels
+// specialise on (no data-dependent branches in the hot loop).
 template <typename A>
-struct AxisBands {
-  std::vector<int64_t> first;  // [P] first pixel of bin p's band
+struct AxisTaps {
+  std::vector<int64_t> pixel;  // [P, len]
   std::vector<A> weight;       // [P, len]
   int64_t len = 0;
+  bool band = false;           // pixel[p, j] == first[p] + j
+  std::vector<int64_t> first;  // [P]
 
-  void Build(const AlignAxis<A>& axis, int64_t pooled, int64_t size) {
-    first.assign(pooled, 0);
-    lo_.assign(pooled, 0);
-    hi_.assign(pooled, -1);
-    runs_.resize(pooled);
+  // Every weight is divided by `divisor` (the backward folds the mean's count in once).
+  void Build(const AlignAxis<A>& axis, int64_t pooled, int64_t size, A divisor = A(1)) {
+    bin_start_.assign(pooled + 1, 0);
+    px_.clear();
+    w_.clear();
     len = 0;
     Lerp<A> t;
     for (int64_t p = 0; p < pooled; ++p) {
-      runs_[p] = InsideRun(axis, p, size);
-      int64_t lo = size, hi = -1;
-      for (int64_t i = runs_[p].lo; i < runs_[p].hi; ++i) {
+      const SampleRun run = InsideRun(axis, p, size);
+      const size_t begin = px_.size();
+      auto add = [&](int64_t at, A w) {
+        // Samples move monotonically, so a pixel seen before is among the last three
+        // entries. (Missing a repeat would only split its weight over two taps.)
+        const size_t n = px_.size(), stop = std::max(begin, n >= 3 ? n - 3 : size_t{0});
+        for (size_t j = n; j > stop; --j) {
+          if (px_[j - 1] == at) {
+            w_[j - 1] += w;
+            return;
+          }
+        }
+        px_.push_back(at);
+        w_.push_back(w);
+      };
+      for (int64_t i = run.lo; i < run.hi; ++i) {
         if (!LerpAt(SampleCoord(axis, p, i), size, &t)) continue;
-        lo = std::min(lo, t.lo);
-        hi = std::max(hi, t.hi);
+        add(t.lo, t.wlo);
+        add(t.hi, t.whi);
       }
-      lo_[p] = lo;
-      hi_[p] = hi;
-      if (hi >= lo) len = std::max(len, hi - lo + 1);
+      bin_start_[p + 1] = static_cast<int64_t>(px_.size());
+      len = std::max<int64_t>(len, bin_start_[p + 1] - bin_start_[p]);
     }
-    weight.assign(static_cast<size_t>(pooled * len), A(0));
+    // Dense bins (the usual case: bins of a few pixels) become bands of consecutive pixels,
+    // which NCHW kernels read without the pixel table, as one short contiguous run.
+    int64_t span = 0;
     for (int64_t p = 0; p < pooled; ++p) {
-      if (hi_[p] < lo_[p]) continue;  // no inside sample: zero weights at pixel 0
-      first[p] = std::min(lo_[p], size - len);
-      A* w = weight.data() + p * len - first[p];
-      for (int64_t i = runs_[p].lo; i < runs_[p].hi; ++i) {
-        if (!LerpAt(SampleCoord(axis, p, i), size, &t)) continue;
-        w[t.lo] += t.wlo;
-        w[t.hi] += t.whi;
+      const int64_t b = bin_start_[p], e = bin_start_[p + 1];
+      if (e == b) continue;
+      const auto mm = std::minmax_element(px_.begin() + b, px_.begin() + e);
+      span = std::max<int64_t>(span, *mm.second - *mm.first + 1);
+    }
+    band = span <= len + 1;
+    if (band) len = span;
+    first.assign(pooled, 0);
+    pixel.assign(static_cast<size_t>(pooled * len), 0);
+    weight.assign(static_cast<size_t>(pooled * len), A(0));
+    if (band) {
+      for (int64_t p = 0; p < pooled; ++p) {
+        const int64_t b = bin_start_[p], e = bin_start_[p + 1];
+        // Shifted to stay inside the map; a bin with no inside sample keeps zero weights.
+        first[p] = e > b ? std::min(*std::min_element(px_.begin() + b, px_.begin() + e),
+                                    size - len)
+                         : 0;
+        for (int64_t j = 0; j < len; ++j) pixel[p * len + j] = first[p] + j;
+        for (int64_t j = b; j < e; ++j) weight[p * len + px_[j] - first[p]] += w_[j] / divisor;
+      }
+      return;
+    }
+    for (int64_t p = 0; p < pooled; ++p) {
+      const int64_t b = bin_start_[p], n = bin_start_[p + 1] - b;
+      // Ascending pixels: a descending axis (reversed box) reads memory forwards too.
+      order_.resize(n);
+      for (int64_t j = 0; j < n; ++j) order_[j] = j;
+      std::sort(order_.begin(), order_.end(),
+                [&](int64_t a, int64_t c) { return px_[b + a] < px_[b + c]; });
+      for (int64_t j = 0; j < len; ++j) {
+        // Padding repeats a valid pixel (or pixel 0 for a bin with no inside sample).
+        const int64_t src = j < n ? b + order_[j] : (n > 0 ? b + order_[n - 1] : -1);
+        pixel[p * len + j] = src >= 0 ? px_[src] : 0;
+        weight[p * len + j] = j < n ? w_[src] / divisor : A(0);
       }
     }
   }
+  const int64_t* Pixels(int64_t p) const { return pixel.data() + p * len; }
   const A* Weights(int64_t p) const { return weight.data() + p * len; }
 
  private:
-  std::vector<int64_t> lo_, hi_;
-  std::vector<SampleRun> runs_;
+  std::vector<int64_t> bin_start_, px_, order_;
+  std::vector<A> w_;
 };
 
-// Calls fn(std::integral_constant<int, L>) with L = n for the common short bands (2 to 5
-// pixels: bins of up to 4 pixels) and L = 0 (length known only at run time) otherwise.
+// The transpose of AxisTaps: the distinct pixels that any bin of the roi touches along one
+// axis, ascending, and for each the (bin, weight) pairs that reach it, bins ascending. The
+// backward sums a pixel's contributions through it before one update of the gradient,
+// instead of one read-modify-write per (bin, tap): neighbouring bins share pixels.
+template <typename A>
+struct AxisFootprint {
+  std::vector<int64_t> pixel;  // [n]
+  std::vector<int64_t> start;  // [n + 1]: pixel i's pairs are [start[i], start[i + 1])
+  std::vector<int64_t> bin;
+  std::vector<A> weight;
+  bool contiguous = false;     // pixel[i] == pixel[0] + i
+
+  void Build(const AxisTaps<A>& taps, int64_t pooled) {
+    entries_.clear();
+    for (int64_t p = 0; p < pooled; ++p)
+      for (int64_t j = 0; j < taps.len; ++j) {
+        const A w = taps.Weights(p)[j];
+        // Padding and untouched band pixels carry no weight.
+        if (w != A(0)) entries_.push_back({taps.Pixels(p)[j], p, w});
+      }
+    std::stable_sort(entries_.begin(), entries_.end(),
+                     [](const Entry& a, const Entry& b) { return a.pixel < b.pixel; });
+    pixel.clear();
+    start.assign(1, 0);
+    bin.clear();
+    weight.clear();
+    for (const Entry& e : entries_) {
+      if (pixel.empty() || pixel.back() != e.pixel) {
+        if (!pixel.empty()) start.push_back(static_cast<int64_t>(bin.size()));
+        pixel.push_back(e.pixel);
+      }
+      bin.push_back(e.bin);
+      weight.push_back(e.w);
+    }
+    start.push_back(static_cast<int64_t>(bin.size()));
+    if (pixel.empty()) start.assign(1, 0);
+    contiguous = pixel.empty() || pixel.back() - pixel.front() + 1 == static_cast<int64_t>(pixel.size());
+  }
+  int64_t size() const { return static_cast<int64_t>(pixel.size()); }
+
+ private:
+  struct Entry {
+    int64_t pixel, bin;
+    A w;
+  };
+  std::vector<Entry> entries_;
+};
+
+// Calls fn(std::integral_constant<int, L>) with L = n for the common tap counts (2 to 5)
+// and L = 0 (count known only at run time) otherwise.
 template <typename F>
-inline void WithBandLength(int64_t n, F&& fn) {
+inline void WithTapCount(int64_t n, F&& fn) {
   switch (n) {
     case 2: return fn(std::integral_constant<int, 2>{});
     case 3: return fn(std::integral_constant<int, 3>{});
@@ -209,8 +310,11 @@ struct AlignRoi {
 };
 
 // Gradient accumulation target of one backward task (image n, channels [c0, c0 + cb)). For
-// 32/64-bit features it is the output itself; 16-bit gradients accumulate in float in a
-// task-local buffer and are rounded once when the task ends.
+// 32/64-bit NCHW features it is the output itself (the block's planes are contiguous). 16-bit
+// gradients accumulate in float in a task-local buffer and are rounded once when the task
+// ends; so do NHWC ones, whose block is a short segment of every pixel of the output (a
+// stride of C elements): the compact [H, W, cb] buffer keeps the scattered updates in a few
+// hundred KiB and a few TLB pages.
 template <typename T, typename A, bool kChannelsLast>
 struct GradTarget {
   T* out;        // features-shaped gradient buffer
@@ -220,7 +324,7 @@ struct GradTarget {
   A* base;
   int64_t sc, sy, sx;  // strides of (channel, row, column) relative to base
 
-  static constexpr bool kDirect = std::is_same<T, A>::value;
+  static constexpr bool kDirect = std::is_same<T, A>::value && !kChannelsLast;
 
   GradTarget(T* out_, const RoiShape& s_, int64_t n_, int64_t c0_, int64_t cb_)
       : out(out_), s(s_), n(n_), c0(c0_), cb(cb_) {
@@ -258,14 +362,19 @@ struct GradTarget {
   // Rounds the float accumulator into 16-bit storage; nothing to do when direct.
   void Finish() {
     if (kDirect) return;
-    for (int64_t c = 0; c < cb; ++c)
+    if (kChannelsLast) {
       for (int64_t y = 0; y < s.h; ++y)
         for (int64_t x = 0; x < s.w; ++x) {
-          const int64_t o = kChannelsLast ? ((n * s.h + y) * s.w + x) * s.c + c0 + c
-                                          : ((n * s.c + c0 + c) * s.h + y) * s.w + x;
-          out[o] = Store<T>(base[c * sc + y * sy + x * sx]);
+          T* o = out + ((n * s.h + y) * s.w + x) * s.c + c0;
+          const A* b = base + y * sy + x * sx;
+          for (int64_t c = 0; c < cb; ++c) o[c] = Store<T>(b[c]);
         }
+    } else {
+      T* o = out + (n * s.c + c0) * s.h * s.w;
+      for (int64_t i = 0; i < cb * s.h * s.w; ++i) o[i] = Store<T>(base[i]);
+    }
   }
+
 };
 
 // Offset of pooled element (k, c, p, q) in [K, C, PH, PW] or [K, PH, PW, C].
@@ -280,6 +389,17 @@ template <bool kChannelsLast>
 inline int64_t FeatureIndex(const RoiShape& s, int64_t n, int64_t c, int64_t y, int64_t x) {
   return kChannelsLast ? ((n * s.h + y) * s.w + x) * s.c + c
                        : ((n * s.c + c) * s.h + y) * s.w + x;
+}
+
+// One step of a running maximum with its position: v wins only when strictly greater, so
+// the first maximum stays (and a NaN already held stays). Written as a mask and a max so
+// the compiler emits no branch (it turns a plain ?: into one): on random features a branch
+// mispredicts about every other step.
+template <typename A>
+inline void MaxStep(A v, int32_t at, A* best, int32_t* idx) {
+  const int32_t take = -static_cast<int32_t>(v > *best);  // all ones or zero
+  *idx = (at & take) | (*idx & ~take);
+  *best = *best < v ? v : *best;  // maxss/maxps
 }
 
 // Calls fn(c, p, q) for channels [0, cb) and every bin, in the memory order of the layout.

@@ -39,119 +39,184 @@ void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
         for (int64_t q = 0; q < s.pw; ++q) out[PooledIndex<kCL>(s, k, c, p, q)] = Store<T>(A(0));
     return;
   }
-  AxisBands<A> by, bx;
-  by.Build(roi.y, s.ph, s.h);
-  bx.Build(roi.x, s.pw, s.w);
+  AxisTaps<A> ty, tx;
+  ty.Build(roi.y, s.ph, s.h);
+  tx.Build(roi.x, s.pw, s.w);
   const A count = roi.Count();
+  const T* image = feat + FeatureIndex<kCL>(s, roi.n, c0, 0, 0);
   if (kCL) {
-    A acc[64];
+    // kV channels at a time in registers, the taps as the inner loops: each feature vector
+    // is loaded once per tap and the accumulators never touch memory.
+    constexpr int64_t kV = 16;
+    const int64_t row_step = s.w * s.c;
     for (int64_t p = 0; p < s.ph; ++p) {
+      const int64_t* py = ty.Pixels(p);
+      const A* wy = ty.Weights(p);
       for (int64_t q = 0; q < s.pw; ++q) {
-        std::fill(acc, acc + cb, A(0));
-        const A* wy = by.Weights(p);
-        const A* wx = bx.Weights(q);
-        for (int64_t r = 0; r < by.len; ++r) {
-          for (int64_t u = 0; u < bx.len; ++u) {
-            const A w = wy[r] * wx[u];
-            const T* px = feat + FeatureIndex<kCL>(s, roi.n, c0, by.first[p] + r, bx.first[q] + u);
-            for (int64_t c = 0; c < cb; ++c) acc[c] += w * Load<A>(px[c]);
-          }
-        }
+        const int64_t* px = tx.Pixels(q);
+        const A* wx = tx.Weights(q);
         T* o = out + PooledIndex<kCL>(s, k, c0, p, q);
-        for (int64_t c = 0; c < cb; ++c) o[c] = Store<T>(acc[c] / count);
+        int64_t c = 0;
+        for (; c + kV <= cb; c += kV) {
+          A acc[kV] = {};
+          for (int64_t r = 0; r < ty.len; ++r) {
+            const T* row = image + py[r] * row_step + c;
+            for (int64_t u = 0; u < tx.len; ++u) {
+              const A w = wy[r] * wx[u];
+              const T* v = row + px[u] * s.c;
+              for (int64_t j = 0; j < kV; ++j) acc[j] += w * Load<A>(v[j]);
+            }
+          }
+          for (int64_t j = 0; j < kV; ++j) o[c + j] = Store<T>(acc[j] / count);
+        }
+        for (; c < cb; ++c) {
+          A acc = A(0);
+          for (int64_t r = 0; r < ty.len; ++r)
+            for (int64_t u = 0; u < tx.len; ++u)
+              acc += wy[r] * wx[u] * Load<A>(image[py[r] * row_step + px[u] * s.c + c]);
+          o[c] = Store<T>(acc / count);
+        }
       }
     }
   } else {
     // kG channel planes at once: kG independent accumulation chains per bin keep the FP
     // pipeline busy where one chain would wait on its own additions.
     const int64_t hw = s.h * s.w;
-    auto planes = [&](auto lx, auto group, int64_t c) {
+    std::vector<A> sums(static_cast<size_t>(cb * s.ph * s.pw));
+    // A band of x taps is read as a contiguous run (no pixel table).
+    auto planes = [&](auto lx, auto group, auto is_band, int64_t c) {
       constexpr int kL = decltype(lx)::value;
       constexpr int kG = decltype(group)::value;
-      const T* plane = feat + FeatureIndex<kCL>(s, roi.n, c, 0, 0);
-      T* o = out + PooledIndex<kCL>(s, k, c, 0, 0);
-      const int64_t lx_n = kL > 0 ? kL : bx.len;
+      constexpr bool kBand = decltype(is_band)::value;
+      const T* plane = image + c * hw;
+      const int64_t lx_n = kL > 0 ? kL : tx.len;
       for (int64_t p = 0; p < s.ph; ++p) {
-        const A* wy = by.Weights(p);
+        const int64_t* py = ty.Pixels(p);
+        const A* wy = ty.Weights(p);
         for (int64_t q = 0; q < s.pw; ++q) {
-          const A* wx = bx.Weights(q);
-          const T* px = plane + by.first[p] * s.w + bx.first[q];
+          const int64_t* px = tx.Pixels(q);
+          const int64_t fx = tx.first[q];
+          const A* wx = tx.Weights(q);
           A acc[kG] = {};
-          for (int64_t r = 0; r < by.len; ++r, px += s.w) {
+          for (int64_t r = 0; r < ty.len; ++r) {
+            const T* row = plane + py[r] * s.w;
             for (int64_t u = 0; u < lx_n; ++u) {
               const A w = wy[r] * wx[u];
-              for (int j = 0; j < kG; ++j) acc[j] += w * Load<A>(px[j * hw + u]);
+              const int64_t x = kBand ? fx + u : px[u];
+              for (int j = 0; j < kG; ++j) acc[j] += w * Load<A>(row[j * hw + x]);
             }
           }
-          for (int j = 0; j < kG; ++j) o[j * s.ph * s.pw + p * s.pw + q] = Store<T>(acc[j] / count);
+          for (int j = 0; j < kG; ++j) sums[(c + j) * s.ph * s.pw + p * s.pw + q] = acc[j];
         }
       }
     };
-    WithBandLength(bx.len, [&](auto lx) {
-      int64_t c = c0;
-      for (; c + 4 <= c0 + cb; c += 4) planes(lx, std::integral_constant<int, 4>{}, c);
-      for (; c < c0 + cb; ++c) planes(lx, std::integral_constant<int, 1>{}, c);
-    });
+    auto run = [&](auto is_band) {
+      WithTapCount(tx.len, [&](auto lx) {
+        int64_t c = 0;
+        for (; c + 4 <= cb; c += 4) planes(lx, std::integral_constant<int, 4>{}, is_band, c);
+        for (; c < cb; ++c) planes(lx, std::integral_constant<int, 1>{}, is_band, c);
+      });
+    };
+    if (tx.band) run(std::true_type{});
+    else run(std::false_type{});
+    // One vectorisable pass of divisions for the whole block: a divide per bin inside the
+    // bin loop stalls on its latency.
+    T* o = out + PooledIndex<kCL>(s, k, c0, 0, 0);
+    for (int64_t i = 0; i < cb * s.ph * s.pw; ++i) o[i] = Store<T>(sums[i] / count);
   }
 }
 
+// The avg backward of one roi is separable like its forward:
+//   dF[y, x, c] += sum_p Wy[p](y) * (sum_q Wx[q](x) * g[p, q, c])
+// so it runs in two passes: the inner sums per (bin row, x pixel) into a small buffer, then
+// one update per footprint pixel (y, x). Neighbouring bins share pixels, so this is several
+// times fewer read-modify-writes of the gradient than one per (bin, tap).
 template <typename T, bool kCL>
 void AlignAvgBwdTask(const T* grad, const typename Accum<T>::type* rois, T* dfeat,
                      const RoiShape& s, const AlignParams& prm, int64_t n, int64_t c0,
                      int64_t cb) {
   using A = typename Accum<T>::type;
   GradTarget<T, A, kCL> target(dfeat, s, n, c0, cb);
-  AxisBands<A> by, bx;
+  AxisTaps<A> ty, tx;
+  AxisFootprint<A> fy, fx;
+  std::vector<A> rows;  // NHWC [PH, nx, cb]; NCHW [cb, PH, nx]
   for (int64_t k = 0; k < s.k; ++k) {
     if (RoiBatchIndex(rois + 5 * k, s.n) != n) continue;
     const AlignRoi<A> roi(rois + 5 * k, s, static_cast<A>(prm.scale), prm.aligned, prm.ratio);
     if (!roi.ok) continue;
-    by.Build(roi.y, s.ph, s.h);
-    bx.Build(roi.x, s.pw, s.w);
-    const A count = roi.Count();
+    ty.Build(roi.y, s.ph, s.h, roi.Count());  // the mean's 1/count, once per row weight
+    tx.Build(roi.x, s.pw, s.w);
+    fy.Build(ty, s.ph);
+    fx.Build(tx, s.pw);
+    const int64_t nx = fx.size(), ny = fy.size();
+    if (nx == 0 || ny == 0) continue;
+    rows.assign(static_cast<size_t>(s.ph * nx * cb), A(0));
     if (kCL) {
-      // Channels innermost: contiguous gradient reads and feature-gradient writes.
-      for (int64_t p = 0; p < s.ph; ++p) {
-        const A* wy = by.Weights(p);
-        for (int64_t q = 0; q < s.pw; ++q) {
-          const A* wx = bx.Weights(q);
-          const T* g = grad + PooledIndex<kCL>(s, k, c0, p, q);
-          for (int64_t r = 0; r < by.len; ++r) {
-            for (int64_t u = 0; u < bx.len; ++u) {
-              const A w = wy[r] * wx[u] / count;
-              A* d = target.At(0, by.first[p] + r, bx.first[q] + u);
-              for (int64_t c = 0; c < cb; ++c) d[c] += w * Load<A>(g[c]);
+      for (int64_t p = 0; p < s.ph; ++p)
+        for (int64_t i = 0; i < nx; ++i) {
+          A* t = rows.data() + (p * nx + i) * cb;
+          for (int64_t e = fx.start[i]; e < fx.start[i + 1]; ++e) {
+            const A w = fx.weight[e];
+            const T* g = grad + PooledIndex<kCL>(s, k, c0, p, fx.bin[e]);
+            for (int64_t c = 0; c < cb; ++c) t[c] += w * Load<A>(g[c]);
+          }
+        }
+      constexpr int64_t kV = 16;
+      for (int64_t j = 0; j < ny; ++j) {
+        for (int64_t i = 0; i < nx; ++i) {
+          A* d = target.At(0, fy.pixel[j], fx.pixel[i]);
+          int64_t c = 0;
+          for (; c + kV <= cb; c += kV) {
+            A acc[kV] = {};
+            for (int64_t e = fy.start[j]; e < fy.start[j + 1]; ++e) {
+              const A w = fy.weight[e];
+              const A* t = rows.data() + (fy.bin[e] * nx + i) * cb + c;
+              for (int64_t v = 0; v < kV; ++v) acc[v] += w * t[v];
             }
+            for (int64_t v = 0; v < kV; ++v) d[c + v] += acc[v];
+          }
+          for (; c < cb; ++c) {
+            A acc = A(0);
+            for (int64_t e = fy.start[j]; e < fy.start[j + 1]; ++e)
+              acc += fy.weight[e] * rows[(fy.bin[e] * nx + i) * cb + c];
+            d[c] += acc;
           }
         }
       }
     } else {
-      // kG channel planes at a time (independent read-modify-write streams); the band rows
-      // are contiguous.
-      auto planes = [&](auto group, int64_t c) {
-        constexpr int kG = decltype(group)::value;
+      for (int64_t c = 0; c < cb; ++c) {
         const T* g = grad + PooledIndex<kCL>(s, k, c0 + c, 0, 0);
-        const int64_t gstep = s.ph * s.pw;
-        const int64_t dstep = target.sc;
-        for (int64_t p = 0; p < s.ph; ++p) {
-          const A* wy = by.Weights(p);
-          for (int64_t q = 0; q < s.pw; ++q) {
-            const A* wx = bx.Weights(q);
-            A gv[kG];
-            for (int j = 0; j < kG; ++j) gv[j] = Load<A>(g[j * gstep + p * s.pw + q]) / count;
-            A* row = target.At(c, by.first[p], bx.first[q]);
-            for (int64_t r = 0; r < by.len; ++r, row += target.sy) {
-              for (int64_t u = 0; u < bx.len; ++u) {
-                const A w = wy[r] * wx[u];
-                for (int j = 0; j < kG; ++j) row[j * dstep + u] += gv[j] * w;
+        A* t = rows.data() + c * s.ph * nx;
+        for (int64_t p = 0; p < s.ph; ++p)
+          for (int64_t i = 0; i < nx; ++i) {
+            A acc = A(0);
+            for (int64_t e = fx.start[i]; e < fx.start[i + 1]; ++e)
+              acc += fx.weight[e] * Load<A>(g[p * s.pw + fx.bin[e]]);
+            t[p * nx + i] = acc;
+          }
+      }
+      // Contiguous footprints (the usual case) update whole row segments: vectorisable.
+      auto update = [&](auto contiguous) {
+        constexpr bool kContiguous = decltype(contiguous)::value;
+        for (int64_t c = 0; c < cb; ++c) {
+          const A* t = rows.data() + c * s.ph * nx;
+          for (int64_t j = 0; j < ny; ++j) {
+            A* d = target.At(c, fy.pixel[j], 0);
+            if (kContiguous) d += fx.pixel[0];
+            for (int64_t e = fy.start[j]; e < fy.start[j + 1]; ++e) {
+              const A w = fy.weight[e];
+              const A* tr = t + fy.bin[e] * nx;
+              if (kContiguous) {
+                for (int64_t i = 0; i < nx; ++i) d[i] += w * tr[i];
+              } else {
+                for (int64_t i = 0; i < nx; ++i) d[fx.pixel[i]] += w * tr[i];
               }
             }
           }
         }
       };
-      int64_t c = 0;
-      for (; c + 4 <= cb; c += 4) planes(std::integral_constant<int, 4>{}, c);
-      for (; c < cb; ++c) planes(std::integral_constant<int, 1>{}, c);
+      if (fx.contiguous) update(std::true_type{});
+      else update(std::false_type{});
     }
   }
   target.Finish();
@@ -196,6 +261,21 @@ inline void MergeOutside(int64_t outside, A* best, int32_t* idx) {
   }
 }
 
+// The four taps of one inside sample, as offsets from the image's first channel.
+template <typename A>
+struct SampleTaps {
+  int64_t o1, o2, o3, o4;
+  A w1, w2, w3, w4;
+  int32_t sample;  // grid index iy * gw + ix: the argmax
+};
+
+// Interpolated value of one sample; the sum order is the reference's (winners match bitwise).
+template <typename T, typename A>
+inline A SampleValue(const T* f, const SampleTaps<A>& t) {
+  return t.w1 * Load<A>(f[t.o1]) + t.w2 * Load<A>(f[t.o2]) + t.w3 * Load<A>(f[t.o3]) +
+         t.w4 * Load<A>(f[t.o4]);
+}
+
 template <typename T, bool kCL>
 void AlignMaxFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
                      int32_t* argmax, const RoiShape& s, const AlignParams& prm, int64_t k,
@@ -217,38 +297,63 @@ void AlignMaxFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
   const int64_t gw = roi.x.grid;
   const int64_t cstep = kCL ? 1 : s.h * s.w;
   const T* base = feat + FeatureIndex<kCL>(s, roi.n, c0, 0, 0);
-  A best[64];
-  int32_t idx[64];
+  std::vector<SampleTaps<A>> taps;
+  A best[kMaxChannelBlock];
+  int32_t idx[kMaxChannelBlock];
   for (int64_t p = 0; p < s.ph; ++p) {
     for (int64_t q = 0; q < s.pw; ++q) {
-      std::fill(best, best + cb, A(0));
-      std::fill(idx, idx + cb, -1);
       const SampleRun ry = sy.run[p], rx = sx.run[q];
+      taps.clear();
       for (int64_t iy = ry.lo; iy < ry.hi; ++iy) {
         const Lerp<A>& ty = sy.taps[sy.offset[p] + iy - ry.lo];
         for (int64_t ix = rx.lo; ix < rx.hi; ++ix) {
           const Lerp<A>& tx = sx.taps[sx.offset[q] + ix - rx.lo];
-          const int32_t sample = static_cast<int32_t>(iy * gw + ix);
-          A w1 = ty.wlo * tx.wlo, w2 = ty.wlo * tx.whi, w3 = ty.whi * tx.wlo, w4 = ty.whi * tx.whi;
-          int64_t o1 = 0, o2 = 0, o3 = 0, o4 = 0;
-          if (ty.lo < 0 || tx.lo < 0) {
-            w1 = w2 = w3 = w4 = A(0);  // cannot happen for an inside sample; stay in bounds
-          } else {
-            o1 = FeatureIndex<kCL>(s, 0, 0, ty.lo, tx.lo);
-            o2 = FeatureIndex<kCL>(s, 0, 0, ty.lo, tx.hi);
-            o3 = FeatureIndex<kCL>(s, 0, 0, ty.hi, tx.lo);
-            o4 = FeatureIndex<kCL>(s, 0, 0, ty.hi, tx.hi);
+          SampleTaps<A> t{0, 0, 0, 0, A(0), A(0), A(0), A(0), static_cast<int32_t>(iy * gw + ix)};
+          if (ty.lo >= 0 && tx.lo >= 0) {  // always, for an inside sample; stay in bounds
+            t.w1 = ty.wlo * tx.wlo, t.w2 = ty.wlo * tx.whi;
+            t.w3 = ty.whi * tx.wlo, t.w4 = ty.whi * tx.whi;
+            t.o1 = FeatureIndex<kCL>(s, 0, 0, ty.lo, tx.lo);
+            t.o2 = FeatureIndex<kCL>(s, 0, 0, ty.lo, tx.hi);
+            t.o3 = FeatureIndex<kCL>(s, 0, 0, ty.hi, tx.lo);
+            t.o4 = FeatureIndex<kCL>(s, 0, 0, ty.hi, tx.hi);
           }
-          for (int64_t c = 0; c < cb; ++c) {
-            const T* f = base + c * cstep;
-            const A v = w1 * Load<A>(f[o1]) + w2 * Load<A>(f[o2]) + w3 * Load<A>(f[o3]) +
-                        w4 * Load<A>(f[o4]);
-            if (idx[c] < 0 || v > best[c]) {
-              best[c] = v;
-              idx[c] = sample;
-            }
-          }
+          taps.push_back(t);
         }
+      }
+      const int64_t nt = static_cast<int64_t>(taps.size());
+      if (nt == 0) {
+        std::fill(best, best + cb, A(0));
+        std::fill(idx, idx + cb, -1);
+      } else if (kCL) {
+        // Channels innermost: contiguous loads, a vectorisable select per channel.
+        for (int64_t c = 0; c < cb; ++c) {
+          best[c] = SampleValue(base + c, taps[0]);
+          idx[c] = taps[0].sample;
+        }
+        for (int64_t t = 1; t < nt; ++t)
+          for (int64_t c = 0; c < cb; ++c)
+            MaxStep(SampleValue(base + c, taps[t]), taps[t].sample, &best[c], &idx[c]);
+      } else {
+        // kG planes at once: independent max chains hide the compare latency.
+        auto planes = [&](auto group, int64_t c) {
+          constexpr int kG = decltype(group)::value;
+          A b[kG];
+          int32_t i[kG];
+          for (int j = 0; j < kG; ++j) {
+            b[j] = SampleValue(base + (c + j) * cstep, taps[0]);
+            i[j] = taps[0].sample;
+          }
+          for (int64_t t = 1; t < nt; ++t)
+            for (int j = 0; j < kG; ++j)
+              MaxStep(SampleValue(base + (c + j) * cstep, taps[t]), taps[t].sample, &b[j], &i[j]);
+          for (int j = 0; j < kG; ++j) {
+            best[c + j] = b[j];
+            idx[c + j] = i[j];
+          }
+        };
+        int64_t c = 0;
+        for (; c + 4 <= cb; c += 4) planes(std::integral_constant<int, 4>{}, c);
+        for (; c < cb; ++c) planes(std::integral_constant<int, 1>{}, c);
       }
       const int64_t outside = FirstOutsideSample(ry, roi.y.grid, rx, gw);
       for (int64_t c = 0; c < cb; ++c) {
@@ -313,7 +418,7 @@ ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    return RunPerRoi(pool, s, 16, [=](int64_t k, int64_t c0, int64_t cb) {
+    return RunPerRoi(pool, s, sizeof(T), 16, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignAvgFwdTask<T, true>(f, r, o, s, prm, k, c0, cb);
       else AlignAvgFwdTask<T, false>(f, r, o, s, prm, k, c0, cb);
     });
@@ -338,7 +443,7 @@ ffi::Future RoiAlignAvgBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    return RunPerImage(pool, s, 16, [=](int64_t n, int64_t c0, int64_t cb) {
+    return RunPerImage(pool, s, sizeof(A), 16, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignAvgBwdTask<T, true>(g, r, d, s, prm, n, c0, cb);
       else AlignAvgBwdTask<T, false>(g, r, d, s, prm, n, c0, cb);
     });
@@ -366,7 +471,7 @@ ffi::Future RoiAlignMaxFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    return RunPerRoi(pool, s, 32, [=](int64_t k, int64_t c0, int64_t cb) {
+    return RunPerRoi(pool, s, sizeof(T), 32, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxFwdTask<T, true>(f, r, o, am, s, prm, k, c0, cb);
       else AlignMaxFwdTask<T, false>(f, r, o, am, s, prm, k, c0, cb);
     });
@@ -393,7 +498,7 @@ ffi::Future RoiAlignMaxBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    return RunPerImage(pool, s, 16, [=](int64_t n, int64_t c0, int64_t cb) {
+    return RunPerImage(pool, s, sizeof(A), 16, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxBwdTask<T, true>(g, r, am, d, s, prm, n, c0, cb);
       else AlignMaxBwdTask<T, false>(g, r, am, d, s, prm, n, c0, cb);
     });

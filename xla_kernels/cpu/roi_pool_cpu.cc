@@ -26,29 +26,61 @@ void PoolFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out, int
   }
   const bool ok = n >= 0 && ax.ok && ay.ok;
   const int64_t cstep = kCL ? 1 : s.h * s.w;
-  A best[64];
-  int32_t idx[64];
+  A best[kMaxChannelBlock];
+  int32_t idx[kMaxChannelBlock];
   for (int64_t p = 0; p < s.ph; ++p) {
     const PixelRange ry = ok ? PoolBin(ay, p, s.h) : PixelRange{0, 0};
     for (int64_t q = 0; q < s.pw; ++q) {
       const PixelRange rx = ok ? PoolBin(ax, q, s.w) : PixelRange{0, 0};
-      std::fill(best, best + cb, A(0));
-      std::fill(idx, idx + cb, -1);
-      if (ok) {
+      if (ok && ry.begin < ry.end && rx.begin < rx.end) {
+        // The bin's first pixel seeds the maximum; later pixels win only when strictly
+        // greater (first maximum in row-major order). Selects, not branches: random features
+        // would mispredict a data-dependent branch about every other pixel.
         const T* base = feat + FeatureIndex<kCL>(s, n, c0, 0, 0);
-        for (int64_t y = ry.begin; y < ry.end; ++y) {
-          for (int64_t x = rx.begin; x < rx.end; ++x) {
-            const int64_t off = FeatureIndex<kCL>(s, 0, 0, y, x);
-            const int32_t pixel = static_cast<int32_t>(y * s.w + x);
-            for (int64_t c = 0; c < cb; ++c) {
-              const A v = Load<A>(base[off + c * cstep]);
-              if (idx[c] < 0 || v > best[c]) {
-                best[c] = v;
-                idx[c] = pixel;
-              }
+        const int64_t first = FeatureIndex<kCL>(s, 0, 0, ry.begin, rx.begin);
+        const int32_t first_pixel = static_cast<int32_t>(ry.begin * s.w + rx.begin);
+        if (kCL) {
+          for (int64_t c = 0; c < cb; ++c) {
+            best[c] = Load<A>(base[first + c]);
+            idx[c] = first_pixel;
+          }
+          for (int64_t y = ry.begin; y < ry.end; ++y) {
+            for (int64_t x = (y == ry.begin ? rx.begin + 1 : rx.begin); x < rx.end; ++x) {
+              const T* px = base + FeatureIndex<kCL>(s, 0, 0, y, x);
+              const int32_t pixel = static_cast<int32_t>(y * s.w + x);
+              for (int64_t c = 0; c < cb; ++c) MaxStep(Load<A>(px[c]), pixel, &best[c], &idx[c]);
             }
           }
+        } else {
+          // kG planes at once: kG independent max chains hide the compare latency that a
+          // single chain waits on.
+          auto planes = [&](auto group, int64_t c) {
+            constexpr int kG = decltype(group)::value;
+            A b[kG];
+            int32_t i[kG];
+            for (int j = 0; j < kG; ++j) {
+              b[j] = Load<A>(base[first + (c + j) * cstep]);
+              i[j] = first_pixel;
+            }
+            for (int64_t y = ry.begin; y < ry.end; ++y) {
+              const T* row = base + c * cstep + y * s.w;
+              for (int64_t x = (y == ry.begin ? rx.begin + 1 : rx.begin); x < rx.end; ++x) {
+                const int32_t pixel = static_cast<int32_t>(y * s.w + x);
+                for (int j = 0; j < kG; ++j) MaxStep(Load<A>(row[j * cstep + x]), pixel, &b[j], &i[j]);
+              }
+            }
+            for (int j = 0; j < kG; ++j) {
+              best[c + j] = b[j];
+              idx[c + j] = i[j];
+            }
+          };
+          int64_t c = 0;
+          for (; c + 4 <= cb; c += 4) planes(std::integral_constant<int, 4>{}, c);
+          for (; c < cb; ++c) planes(std::integral_constant<int, 1>{}, c);
         }
+      } else {
+        std::fill(best, best + cb, A(0));
+        std::fill(idx, idx + cb, -1);
       }
       for (int64_t c = 0; c < cb; ++c) {
         const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
@@ -97,7 +129,7 @@ ffi::Future RoiPoolFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::A
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    return RunPerRoi(pool, s, 8, [=](int64_t k, int64_t c0, int64_t cb) {
+    return RunPerRoi(pool, s, sizeof(T), 8, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) PoolFwdTask<T, true>(f, r, o, am, s, spatial_scale, k, c0, cb);
       else PoolFwdTask<T, false>(f, r, o, am, s, spatial_scale, k, c0, cb);
     });
@@ -123,7 +155,7 @@ ffi::Future RoiPoolBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBu
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    return RunPerImage(pool, s, 1, [=](int64_t n, int64_t c0, int64_t cb) {
+    return RunPerImage(pool, s, sizeof(A), 1, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) PoolBwdTask<T, true>(g, r, am, d, s, n, c0, cb);
       else PoolBwdTask<T, false>(g, r, am, d, s, n, c0, cb);
     });
