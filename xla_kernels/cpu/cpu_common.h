@@ -99,18 +99,25 @@ inline int64_t CacheChannelBlock(const RoiShape& s, int64_t bytes_per_channel, i
   return std::max<int64_t>(1, std::max(least, std::min(std::min(s.c, kMaxChannelBlock), fit)));
 }
 
-// Forward tasks: every (channel block, roi) pair, block-major. Both threads work through the
-// rois of one channel block at a time, so the block's slice of the maps (kept to about 4 MiB,
-// a share of L3) is read from memory once rather than once per roi: with a 200x304 map and
-// 256 channels the maps are 60 MiB per image, and roi-major order streamed each roi's window
-// of every channel from DRAM. `cost` is the work per output element.
+// Forward tasks: every (roi, channel block) pair. `cost` is the work per output element.
+// NCHW runs them block-major with blocks of about 4 MiB of maps (a share of L3): both
+// threads work through all rois of one block, so the block is read from memory once rather
+// than once per roi (with a 200x304 map and 256 channels the maps are 60 MiB per image, and
+// roi-major order streamed each roi's window of every plane from DRAM: 2.1x slower).
+// NHWC runs roi-major with 64-channel blocks: a pixel's channels are contiguous, so one
+// roi's window is a few contiguous KiB per pixel row, hot in cache for the roi's next block
+// (block-major with narrow blocks read 64 bytes of every 1 KiB pixel: 1.7x slower).
 template <typename Task>
 ffi::Future RunPerRoi(ffi::ThreadPool& pool, const RoiShape& s, int64_t elem_bytes, int64_t cost,
                       Task task) {
-  const int64_t cb = CacheChannelBlock(s, s.n * s.h * s.w * elem_bytes, int64_t{4} << 20, 4);
+  const bool block_major = !s.channels_last;
+  const int64_t cb = block_major
+                         ? CacheChannelBlock(s, s.n * s.h * s.w * elem_bytes, int64_t{4} << 20, 4)
+                         : std::min(s.c, kMaxChannelBlock);
   const int64_t blocks = CeilDiv(s.c, cb);
   return ParallelFor(pool, s.k * blocks, s.k * s.c * s.ph * s.pw * cost, [=](int64_t t) {
-    const int64_t k = t % s.k, c0 = (t / s.k) * cb;
+    const int64_t k = block_major ? t % s.k : t / blocks;
+    const int64_t c0 = (block_major ? t / s.k : t % blocks) * cb;
     task(k, c0, std::min(cb, s.c - c0));
   });
 }

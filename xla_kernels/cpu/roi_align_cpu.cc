@@ -39,7 +39,9 @@ void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
         for (int64_t q = 0; q < s.pw; ++q) out[PooledIndex<kCL>(s, k, c, p, q)] = Store<T>(A(0));
     return;
   }
-  AxisTaps<A> ty, tx;
+  // Per-thread tables, reused across tasks: a task is small (one roi, one channel block)
+  // and allocating them per task cost as much as a sixth of the forward.
+  thread_local AxisTaps<A> ty, tx;
   ty.Build(roi.y, s.ph, s.h);
   tx.Build(roi.x, s.pw, s.w);
   const A count = roi.Count();
@@ -82,7 +84,8 @@ void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
     // kG channel planes at once: kG independent accumulation chains per bin keep the FP
     // pipeline busy where one chain would wait on its own additions.
     const int64_t hw = s.h * s.w;
-    std::vector<A> sums(static_cast<size_t>(cb * s.ph * s.pw));
+    thread_local std::vector<A> sums;
+    sums.resize(static_cast<size_t>(cb * s.ph * s.pw));
     // A band of x taps is read as a contiguous run (no pixel table).
     auto planes = [&](auto lx, auto group, auto is_band, int64_t c) {
       constexpr int kL = decltype(lx)::value;
@@ -291,13 +294,13 @@ void AlignMaxFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
         }
     return;
   }
-  AxisSamples<A> sy, sx;
+  thread_local AxisSamples<A> sy, sx;  // reused across tasks, like the avg taps
   sy.Build(roi.y, s.ph, s.h);
   sx.Build(roi.x, s.pw, s.w);
   const int64_t gw = roi.x.grid;
   const int64_t cstep = kCL ? 1 : s.h * s.w;
   const T* base = feat + FeatureIndex<kCL>(s, roi.n, c0, 0, 0);
-  std::vector<SampleTaps<A>> taps;
+  thread_local std::vector<SampleTaps<A>> taps;
   A best[kMaxChannelBlock];
   int32_t idx[kMaxChannelBlock];
   for (int64_t p = 0; p < s.ph; ++p) {
