@@ -19,6 +19,17 @@
 namespace jax_roi {
 namespace cpu {
 
+// The hot loops are compiled twice, for baseline x86-64 (SSE2) and for AVX2, and the loader
+// picks one per machine (GCC function multiversioning, an ifunc). Each lane of a vector does
+// the scalar code's operations in the scalar code's order, and -ffp-contract=off holds in
+// both clones, so both give the same bits; AVX2 only does twice the lanes per instruction.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(JAX_ROI_NO_MULTIVERSION)
+#define JAX_ROI_CPU_KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define JAX_ROI_CPU_KERNEL
+#endif
+
 inline ffi::Future ReadyFuture() {
   ffi::Promise promise;
   ffi::Future future(promise);

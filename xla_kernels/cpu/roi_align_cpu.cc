@@ -28,7 +28,7 @@ struct AlignParams {
 // ----------------------------------------------------------------------------------------
 
 template <typename T, bool kCL>
-void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
+JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
                      const RoiShape& s, const AlignParams& prm, int64_t k, int64_t c0,
                      int64_t cb) {
   using A = typename Accum<T>::type;
@@ -135,7 +135,7 @@ void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
 // one update per footprint pixel (y, x). Neighbouring bins share pixels, so this is several
 // times fewer read-modify-writes of the gradient than one per (bin, tap).
 template <typename T, bool kCL>
-void AlignAvgBwdTask(const T* grad, const typename Accum<T>::type* rois, T* dfeat,
+JAX_ROI_CPU_KERNEL void AlignAvgBwdTask(const T* grad, const typename Accum<T>::type* rois, T* dfeat,
                      const RoiShape& s, const AlignParams& prm, int64_t n, int64_t c0,
                      int64_t cb) {
   using A = typename Accum<T>::type;
@@ -280,7 +280,7 @@ inline A SampleValue(const T* f, const SampleTaps<A>& t) {
 }
 
 template <typename T, bool kCL>
-void AlignMaxFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
+JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
                      int32_t* argmax, const RoiShape& s, const AlignParams& prm, int64_t k,
                      int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
@@ -370,7 +370,7 @@ void AlignMaxFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
 }
 
 template <typename T, bool kCL>
-void AlignMaxBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32_t* argmax,
+JAX_ROI_CPU_KERNEL void AlignMaxBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32_t* argmax,
                      T* dfeat, const RoiShape& s, const AlignParams& prm, int64_t n, int64_t c0,
                      int64_t cb) {
   using A = typename Accum<T>::type;

@@ -14,7 +14,7 @@ namespace cpu {
 namespace {
 
 template <typename T, bool kCL>
-void PoolFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out, int32_t* argmax,
+JAX_ROI_CPU_KERNEL void PoolFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out, int32_t* argmax,
                  const RoiShape& s, double scale, int64_t k, int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
   const A* roi = rois + 5 * k;
@@ -92,7 +92,7 @@ void PoolFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out, int
 }
 
 template <typename T, bool kCL>
-void PoolBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32_t* argmax,
+JAX_ROI_CPU_KERNEL void PoolBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32_t* argmax,
                  T* dfeat, const RoiShape& s, int64_t n, int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
   GradTarget<T, A, kCL> target(dfeat, s, n, c0, cb);
