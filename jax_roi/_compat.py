@@ -24,9 +24,15 @@ primitive_batchers = batching.primitive_batchers
 register_lowering = mlir.register_lowering
 lower_fun = mlir.lower_fun
 
+
+def cuda_devices() -> list:
+    """This process's CUDA devices; RuntimeError when it has no CUDA backend."""
+    return jax.devices("cuda")
+
 __all__ = [
     "Primitive",
     "Zero",
+    "cuda_devices",
     "ffi_lowering",
     "instantiate_zeros",
     "is_undefined_primal",

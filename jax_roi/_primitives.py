@@ -1,13 +1,21 @@
 """One JAX primitive per kernel: abstract eval, batching rule, and lowerings.
 
 Names mirror all the way down: `roi_align_avg_fwd_p` -> FFI target
-`jax_roi_roi_align_avg_fwd` -> C++ handler `RoiAlignAvgFwdCpu`.
+`jax_roi_roi_align_avg_fwd` -> C++ handlers `RoiAlignAvgFwdCpu` and `RoiAlignAvgFwdCuda`
+(the latter -> CUDA launcher `LaunchRoiAlignAvgFwd`).
 
-Each primitive lowers to its C++ kernel on CPU and to the pure-JAX implementation in
-`_reference.py` on every other platform. Batching rules fold a vmapped axis into the
-kernel's own image axis (features [V, N, ...] -> [V*N, ...], roi batch index b -> b + v*N),
-so vmap costs one kernel call. The backward primitives are linear in the incoming gradient
-and carry JVP and transpose rules, so gradients of gradients work.
+Each primitive lowers to its C++ kernel on CPU, to its CUDA kernel on "cuda" when the CUDA
+extension was built (whether or not this process has a GPU: lowering for CUDA works
+anywhere), and to the pure-JAX implementation in `_reference.py` on every other platform.
+Batching rules fold a vmapped axis into the kernel's own image axis (features [V, N, ...] ->
+[V*N, ...], roi batch index b -> b + v*N), so vmap costs one kernel call. The backward
+primitives are linear in the incoming gradient and carry JVP and transpose rules, so
+gradients of gradients work.
+
+Every primitive carries the `deterministic` parameter (forward ones only so that a
+transpose, which turns a forward into a backward and back, keeps it); only the CUDA
+backward lowerings pass it on, as an FFI attribute. The CPU kernels are always
+deterministic and do not declare it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from . import _compat, _native
 # Static parameters passed to the kernels as FFI attributes, per op family.
 _ALIGN_ATTRS = ("pooled_h", "pooled_w", "spatial_scale", "sampling_ratio", "aligned", "channels_last")
 _POOL_ATTRS = ("pooled_h", "pooled_w", "spatial_scale", "channels_last")
+# The CUDA backward kernels' extra attribute: gather (bitwise reproducible) or atomic scatter.
+_DETERMINISTIC = "deterministic"
 
 
 def pooled_shape(num_rois: int, channels: int, params: dict[str, Any]) -> tuple[int, ...]:
@@ -47,7 +57,8 @@ def _ffi_attr(value: Any) -> Any:
     raise TypeError(f"unsupported FFI attribute {value!r}")
 
 
-def _cpu_lowering(target: str, attrs: tuple[str, ...]) -> Callable[..., Any]:
+def _kernel_lowering(target: str, attrs: tuple[str, ...]) -> Callable[..., Any]:
+    """Lowering to FFI target `target` with the primitive parameters `attrs` as attributes."""
     lower = _compat.ffi_lowering(target)
 
     def rule(ctx, *args, **params):
@@ -57,8 +68,9 @@ def _cpu_lowering(target: str, attrs: tuple[str, ...]) -> Callable[..., Any]:
 
 
 def _reference_impl(name: str) -> Callable[..., Any]:
-    # Imported on first lowering: most processes only ever lower to a kernel.
-    def impl(*args, **params):
+    # Imported on first lowering: most processes only ever lower to a kernel. The pure-JAX
+    # implementation has one behaviour, so it takes no `deterministic`.
+    def impl(*args, deterministic=False, **params):
         from . import _reference
 
         return getattr(_reference, name)(*args, **params)
@@ -66,7 +78,8 @@ def _reference_impl(name: str) -> Callable[..., Any]:
     return impl
 
 
-def _define(name: str, *, multiple_results: bool, abstract_eval, batcher, attrs):
+def _define(name: str, *, multiple_results: bool, abstract_eval, batcher, attrs,
+            backward: bool):
     prim = _compat.Primitive(name)
     reference = _reference_impl(name)
     prim.multiple_results = multiple_results
@@ -75,7 +88,10 @@ def _define(name: str, *, multiple_results: bool, abstract_eval, batcher, attrs)
     _compat.register_lowering(prim, _compat.lower_fun(reference, multiple_results=multiple_results))
     target = f"jax_roi_{name}"
     if target in _native.CPU_TARGETS:
-        _compat.register_lowering(prim, _cpu_lowering(target, attrs), platform="cpu")
+        _compat.register_lowering(prim, _kernel_lowering(target, attrs), platform="cpu")
+    if target in _native.CUDA_TARGETS:
+        cuda_attrs = attrs + (_DETERMINISTIC,) if backward else attrs
+        _compat.register_lowering(prim, _kernel_lowering(target, cuda_attrs), platform="cuda")
     _compat.primitive_batchers[prim] = lambda args, dims, **params: batcher(prim, args, dims, **params)
     return prim
 
@@ -170,22 +186,22 @@ def _bwd_batcher(prim, args, dims, *, feature_shape, **params):
 
 roi_align_avg_fwd_p = _define(
     "roi_align_avg_fwd", multiple_results=False, abstract_eval=_fwd_abstract,
-    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
+    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS, backward=False)
 roi_align_avg_bwd_p = _define(
     "roi_align_avg_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS)
+    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS, backward=True)
 roi_align_max_fwd_p = _define(
     "roi_align_max_fwd", multiple_results=True, abstract_eval=_fwd_argmax_abstract,
-    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
+    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS, backward=False)
 roi_align_max_bwd_p = _define(
     "roi_align_max_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS)
+    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS, backward=True)
 roi_pool_fwd_p = _define(
     "roi_pool_fwd", multiple_results=True, abstract_eval=_fwd_argmax_abstract,
-    batcher=_fwd_batcher, attrs=_POOL_ATTRS)
+    batcher=_fwd_batcher, attrs=_POOL_ATTRS, backward=False)
 roi_pool_bwd_p = _define(
     "roi_pool_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    batcher=_bwd_batcher, attrs=_POOL_ATTRS)
+    batcher=_bwd_batcher, attrs=_POOL_ATTRS, backward=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,13 +242,13 @@ def _avg_bwd_transpose(ct, grad_aval, rois, *, feature_shape, **params):
     return roi_align_avg_fwd_p.bind(ct, rois, **params)
 
 
-def _max_gather(features, rois, argmax, **params):
+def _max_gather(features, rois, argmax, deterministic=False, **params):
     from . import _reference
 
     return _reference.roi_align_max_gather(features, rois, argmax, **params)
 
 
-def _pool_gather(features, rois, argmax, **params):
+def _pool_gather(features, rois, argmax, deterministic=False, **params):
     from . import _reference
 
     return _reference.roi_pool_gather(features, rois, argmax, **params)

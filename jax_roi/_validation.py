@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 import jax.numpy as jnp
@@ -92,3 +93,22 @@ def mode(op: str, value: Any) -> str:
     if not isinstance(value, str) or value not in ("avg", "max"):
         raise ValueError(f"{op}: mode must be 'avg' or 'max', got {value!r}")
     return value
+
+
+def xla_flags_deterministic() -> bool:
+    """Whether XLA_FLAGS holds --xla_gpu_deterministic_ops=true (the last occurrence wins;
+    a bare flag means true, as XLA parses it)."""
+    value = None
+    for token in os.environ.get("XLA_FLAGS", "").split():
+        name, sep, v = token.partition("=")
+        if name == "--xla_gpu_deterministic_ops":
+            value = v if sep else "true"
+    return value is not None and value.lower() in ("true", "1")
+
+
+def deterministic(op: str, value: Any) -> bool:
+    """The `deterministic` flag (a bool), forced on by XLA_FLAGS' deterministic-ops switch.
+
+    Read at trace time: a function traced before XLA_FLAGS changed keeps what it had.
+    """
+    return flag(op, "deterministic", value) or xla_flags_deterministic()

@@ -21,6 +21,7 @@ class _AlignConfig(NamedTuple):
     sampling_ratio: int
     aligned: bool
     channels_last: bool
+    deterministic: bool
 
 
 class _PoolConfig(NamedTuple):
@@ -28,6 +29,7 @@ class _PoolConfig(NamedTuple):
     pooled_w: int
     spatial_scale: float
     channels_last: bool
+    deterministic: bool
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,6 +83,7 @@ def roi_align(
     *,
     mode: str = "avg",
     layout: str = "NCHW",
+    deterministic: bool = False,
 ) -> jax.Array:
     """RoI Align (Mask R-CNN): bilinear samples averaged (or maxed) over each output bin.
 
@@ -99,6 +102,11 @@ def roi_align(
       mode: ``"avg"`` (torchvision / detectron2) or ``"max"`` (mmcv's max over interpolated
         samples; an out-of-map sample counts as 0 and competes).
       layout: ``"NCHW"`` or ``"NHWC"`` for both ``features`` and the result.
+      deterministic: on CUDA, compute the gradient w.r.t. ``features`` with a gather that
+        gives bitwise-identical results on every run (slower) instead of atomic adds. Also
+        on when ``XLA_FLAGS`` contains ``--xla_gpu_deterministic_ops=true`` at trace time.
+        The CPU kernels are always deterministic; the result is the same either way up to
+        rounding.
 
     Returns:
       ``[K, C, PH, PW]`` (NCHW) or ``[K, PH, PW, C]`` (NHWC), dtype of ``features``.
@@ -116,6 +124,7 @@ def roi_align(
         sampling_ratio=V.sampling_ratio(op, sampling_ratio),
         aligned=V.flag(op, "aligned", aligned),
         channels_last=layout == "NHWC",
+        deterministic=V.deterministic(op, deterministic),
     )
     mode = V.mode(op, mode)
     rois = rois.astype(V.compute_dtype(features.dtype))
@@ -153,6 +162,7 @@ def roi_pool(
     spatial_scale: float = 1.0,
     *,
     layout: str = "NCHW",
+    deterministic: bool = False,
 ) -> jax.Array:
     """RoI Pool (Fast R-CNN): max over quantized bins of each box.
 
@@ -167,6 +177,7 @@ def roi_pool(
       output_size: ``PH`` or ``(PH, PW)``.
       spatial_scale: feature-map pixels per image pixel, a static positive number.
       layout: ``"NCHW"`` or ``"NHWC"``.
+      deterministic: bitwise-reproducible CUDA backward, as for :func:`roi_align`.
 
     Returns:
       ``[K, C, PH, PW]`` or ``[K, PH, PW, C]``, dtype of ``features``. The gradient goes to
@@ -180,6 +191,7 @@ def roi_pool(
         pooled_w=pw,
         spatial_scale=V.spatial_scale(op, spatial_scale),
         channels_last=layout == "NHWC",
+        deterministic=V.deterministic(op, deterministic),
     )
     rois = rois.astype(V.compute_dtype(features.dtype))
     return _roi_pool(features, rois, tuple(features.shape), cfg)

@@ -55,6 +55,11 @@ def pytest_configure(config):
         "edge: edge-case and robustness tests (invalid, huge, NaN/inf boxes, K=0); "
         "the sanitizer build runs `pytest -m edge`",
     )
+    config.addinivalue_line(
+        "markers",
+        "emulation: the CUDA kernels' math run on the CPU through _jax_roi_emu "
+        "(skipped when not built; JAX_ROI_REQUIRE_EMULATION=1 makes that a failure)",
+    )
 
 
 # ---------------------------------------------------------------------------------------

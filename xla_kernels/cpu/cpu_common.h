@@ -309,24 +309,6 @@ inline void WithTapCount(int64_t n, F&& fn) {
   }
 }
 
-// Per-roi roi_align geometry for both axes; ok is false for a row that outputs zeros.
-template <typename A>
-struct AlignRoi {
-  int64_t n = -1;
-  AlignAxis<A> y, x;
-  bool ok = false;
-
-  AlignRoi(const A* roi, const RoiShape& s, A scale, bool aligned, int64_t ratio) {
-    n = RoiBatchIndex(roi, s.n);
-    if (n < 0) return;
-    x = RoiAlignAxis(roi[1], roi[3], scale, aligned, s.pw, ratio);
-    y = RoiAlignAxis(roi[2], roi[4], scale, aligned, s.ph, ratio);
-    ok = x.ok && y.ok;
-  }
-  // Divisor of the avg mode: every grid sample counts, inside the map or not.
-  A Count() const { return static_cast<A>(std::max<int64_t>(y.grid * x.grid, 1)); }
-};
-
 // Gradient accumulation target of one backward task (image n, channels [c0, c0 + cb)). For
 // 32/64-bit NCHW features it is the output itself (the block's planes are contiguous). 16-bit
 // gradients accumulate in float in a task-local buffer and are rounded once when the task

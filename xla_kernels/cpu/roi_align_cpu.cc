@@ -23,6 +23,12 @@ struct AlignParams {
   bool aligned;
 };
 
+template <typename A>
+AlignRoiGeometry<A> RoiAt(const A* rois, int64_t k, const RoiShape& s, const AlignParams& prm) {
+  return AlignRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(prm.scale), prm.aligned,
+                    prm.ratio);
+}
+
 // ----------------------------------------------------------------------------------------
 // avg
 // ----------------------------------------------------------------------------------------
@@ -32,7 +38,7 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
                      const RoiShape& s, const AlignParams& prm, int64_t k, int64_t c0,
                      int64_t cb) {
   using A = typename Accum<T>::type;
-  const AlignRoi<A> roi(rois + 5 * k, s, static_cast<A>(prm.scale), prm.aligned, prm.ratio);
+  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
   if (!roi.ok) {
     for (int64_t c = c0; c < c0 + cb; ++c)
       for (int64_t p = 0; p < s.ph; ++p)
@@ -44,7 +50,7 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
   thread_local AxisTaps<A> ty, tx;
   ty.Build(roi.y, s.ph, s.h);
   tx.Build(roi.x, s.pw, s.w);
-  const A count = roi.Count();
+  const A count = AlignSampleCount(roi);
   const T* image = feat + FeatureIndex<kCL>(s, roi.n, c0, 0, 0);
   if (kCL) {
     // kV channels at a time in registers, the taps as the inner loops: each feature vector
@@ -145,9 +151,9 @@ JAX_ROI_CPU_KERNEL void AlignAvgBwdTask(const T* grad, const typename Accum<T>::
   std::vector<A> rows;  // NHWC [PH, nx, cb]; NCHW [cb, PH, nx]
   for (int64_t k = 0; k < s.k; ++k) {
     if (RoiBatchIndex(rois + 5 * k, s.n) != n) continue;
-    const AlignRoi<A> roi(rois + 5 * k, s, static_cast<A>(prm.scale), prm.aligned, prm.ratio);
+    const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
     if (!roi.ok) continue;
-    ty.Build(roi.y, s.ph, s.h, roi.Count());  // the mean's 1/count, once per row weight
+    ty.Build(roi.y, s.ph, s.h, AlignSampleCount(roi));  // the mean's 1/count, once per row weight
     tx.Build(roi.x, s.pw, s.w);
     fy.Build(ty, s.ph);
     fx.Build(tx, s.pw);
@@ -251,19 +257,6 @@ struct AxisSamples {
   }
 };
 
-// Folds the first out-of-map sample (value 0, grid index `outside`) into the running maximum
-// of the inside samples, in grid order: the later of the two must be strictly greater.
-template <typename A>
-inline void MergeOutside(int64_t outside, A* best, int32_t* idx) {
-  if (outside < 0) return;
-  const bool inside_wins =
-      *idx >= 0 && (*idx < outside ? !(A(0) > *best) : (*best > A(0)));
-  if (!inside_wins) {
-    *best = A(0);
-    *idx = -1;  // an out-of-map winner passes no gradient
-  }
-}
-
 // The four taps of one inside sample, as offsets from the image's first channel.
 template <typename A>
 struct SampleTaps {
@@ -284,7 +277,7 @@ JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::
                      int32_t* argmax, const RoiShape& s, const AlignParams& prm, int64_t k,
                      int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
-  const AlignRoi<A> roi(rois + 5 * k, s, static_cast<A>(prm.scale), prm.aligned, prm.ratio);
+  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
   if (!roi.ok) {
     for (int64_t c = c0; c < c0 + cb; ++c)
       for (int64_t p = 0; p < s.ph; ++p)
@@ -360,7 +353,7 @@ JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::
       }
       const int64_t outside = FirstOutsideSample(ry, roi.y.grid, rx, gw);
       for (int64_t c = 0; c < cb; ++c) {
-        MergeOutside(outside, &best[c], &idx[c]);
+        MergeOutsideSample(outside, &best[c], &idx[c]);
         const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
         out[o] = Store<T>(best[c]);
         argmax[o] = idx[c];
@@ -377,7 +370,7 @@ JAX_ROI_CPU_KERNEL void AlignMaxBwdTask(const T* grad, const typename Accum<T>::
   GradTarget<T, A, kCL> target(dfeat, s, n, c0, cb);
   for (int64_t k = 0; k < s.k; ++k) {
     if (RoiBatchIndex(rois + 5 * k, s.n) != n) continue;
-    const AlignRoi<A> roi(rois + 5 * k, s, static_cast<A>(prm.scale), prm.aligned, prm.ratio);
+    const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
     if (!roi.ok) continue;
     const int64_t gh = roi.y.grid, gw = roi.x.grid;
     auto scatter = [&](int64_t c, int64_t p, int64_t q) {

@@ -17,14 +17,11 @@ template <typename T, bool kCL>
 JAX_ROI_CPU_KERNEL void PoolFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out, int32_t* argmax,
                  const RoiShape& s, double scale, int64_t k, int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
-  const A* roi = rois + 5 * k;
-  const int64_t n = RoiBatchIndex(roi, s.n);
-  PoolAxis<A> ay{}, ax{};
-  if (n >= 0) {
-    ax = RoiPoolAxis(roi[1], roi[3], static_cast<A>(scale), s.pw);
-    ay = RoiPoolAxis(roi[2], roi[4], static_cast<A>(scale), s.ph);
-  }
-  const bool ok = n >= 0 && ax.ok && ay.ok;
+  const PoolRoiGeometry<A> roi = PoolRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(scale));
+  const int64_t n = roi.n;
+  const PoolAxis<A>& ay = roi.y;
+  const PoolAxis<A>& ax = roi.x;
+  const bool ok = roi.ok;
   const int64_t cstep = kCL ? 1 : s.h * s.w;
   A best[kMaxChannelBlock];
   int32_t idx[kMaxChannelBlock];

@@ -7,19 +7,12 @@
 #include <cstdint>
 #include <string>
 
+#include "jax_roi/roi_shape.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jax_roi {
 
 namespace ffi = xla::ffi;
-
-// Sizes of one roi op, read from its buffers. Features are [N, C, H, W] or [N, H, W, C];
-// pooled tensors (outputs, gradients, argmax) are [K, C, PH, PW] or [K, PH, PW, C].
-struct RoiShape {
-  int64_t n = 0, c = 0, h = 0, w = 0;
-  int64_t k = 0, ph = 0, pw = 0;
-  bool channels_last = false;
-};
 
 inline std::string DimsToString(ffi::AnyBuffer::Dimensions d) {
   std::string s = "[";
@@ -144,6 +137,21 @@ inline ffi::Error CheckRoiOp(const std::string& op, const char* map_name,
   if (pooled_type != map_type) {
     return InvalidArgument(op, std::string(pooled_name) + " dtype must equal the " + map_name +
                                    " dtype");
+  }
+  return ffi::Error::Success();
+}
+
+// The element type of the features, for handlers that dispatch on ElementType (CUDA and its
+// host emulation). `family` is "roi_align" or "roi_pool", as in the CPU handlers' message.
+inline ffi::Error ReadElementType(const std::string& family, ffi::DataType type,
+                                  ElementType* out) {
+  switch (type) {
+    case ffi::DataType::F32: *out = ElementType::kF32; break;
+    case ffi::DataType::F64: *out = ElementType::kF64; break;
+    case ffi::DataType::F16: *out = ElementType::kF16; break;
+    case ffi::DataType::BF16: *out = ElementType::kBF16; break;
+    default:
+      return InvalidArgument(family, "features must be float16, bfloat16, float32 or float64");
   }
   return ffi::Error::Success();
 }

@@ -30,6 +30,17 @@ JAX_ROI_HD bool IsFinite(A v) {
   return (v - v) == A(0);
 }
 
+// First i in [lo, hi) with pred(i) true, for a predicate that is monotone over the range
+// (false ... false true ... true); hi when it is never true.
+template <typename Pred>
+JAX_ROI_HD int64_t FirstTrue(int64_t lo, int64_t hi, const Pred& pred) {
+  while (lo < hi) {
+    const int64_t m = lo + (hi - lo) / 2;
+    if (pred(m)) hi = m; else lo = m + 1;
+  }
+  return lo;
+}
+
 // Reads row k of rois [K, 5] = (batch_index, x1, y1, x2, y2). Returns the image index, or -1
 // for a row that must produce zeros: a non-finite number or a batch index outside [0, n).
 // The index truncates toward zero, so (-1, n) is the valid open interval.
@@ -170,6 +181,129 @@ JAX_ROI_HD int64_t FirstOutsideSample(SampleRun ry, int64_t gh, SampleRun rx, in
   return -1;
 }
 
+// Folds the first out-of-map sample (value 0, grid index `outside`, from FirstOutsideSample)
+// into the running maximum of a bin's inside samples, as if all had been visited in grid
+// order: the later of the two must be strictly greater. An out-of-map winner has index -1
+// (it passes no gradient).
+template <typename A>
+JAX_ROI_HD void MergeOutsideSample(int64_t outside, A* best, int32_t* idx) {
+  if (outside < 0) return;
+  const bool inside_wins =
+      *idx >= 0 && (*idx < outside ? !(A(0) > *best) : (*best > A(0)));
+  if (!inside_wins) {
+    *best = A(0);
+    *idx = -1;
+  }
+}
+
+// Both axes of one roi; ok is false for a row that outputs zeros and takes no gradient.
+template <typename A>
+struct AlignRoiGeometry {
+  int64_t n;  // image, -1 for an invalid row
+  AlignAxis<A> y, x;
+  bool ok;
+};
+
+template <typename A>
+JAX_ROI_HD AlignRoiGeometry<A> AlignRoiAt(const A* roi, int64_t images, int64_t pooled_h,
+                                          int64_t pooled_w, A scale, bool aligned,
+                                          int64_t sampling_ratio) {
+  AlignRoiGeometry<A> g;
+  g.n = RoiBatchIndex(roi, images);
+  g.ok = false;
+  if (g.n < 0) return g;
+  g.x = RoiAlignAxis(roi[1], roi[3], scale, aligned, pooled_w, sampling_ratio);
+  g.y = RoiAlignAxis(roi[2], roi[4], scale, aligned, pooled_h, sampling_ratio);
+  g.ok = g.x.ok && g.y.ok;
+  return g;
+}
+
+// Divisor of the avg mode: every grid sample counts, inside the map or not.
+template <typename A>
+JAX_ROI_HD A AlignSampleCount(const AlignRoiGeometry<A>& g) {
+  const int64_t count = g.y.grid * g.x.grid;
+  return static_cast<A>(count > 1 ? count : 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// roi_align, seen from one pixel (the gather form of the backward)
+//
+// A pixel receives gradient from the samples whose interpolation taps land on it. Sample
+// positions are monotone in the sample index and in the bin index (SampleCoord's rounding
+// steps are all monotone), and so is the lower tap of a sample, so the samples and bins
+// that can reach a pixel are runs found by binary search, exactly, for any box.
+// ---------------------------------------------------------------------------------------
+
+// Monotone key of a sample at v along an axis of length `size`: its lower tap (LerpAt's
+// `lo`) when it is inside [-1, size], -2 below that range and `size` above it. A sample
+// reaches pixel y exactly when its key is y - 1 (upper tap y) or y.
+template <typename A>
+JAX_ROI_HD int64_t TapKey(A v, int64_t size) {
+  if (!(v >= A(-1))) return -2;
+  if (!(v <= static_cast<A>(size))) return size;
+  Lerp<A> t;
+  LerpAt(v, size, &t);
+  return t.lo;
+}
+
+// Bins [begin, end); empty when begin >= end.
+struct BinRange {
+  int64_t begin, end;
+};
+
+// Bins of one axis that may have a sample reaching pixel y: every bin that has one is in
+// the range (some in it may have none; TouchRun decides). The keys of bin p's samples lie
+// between those of its first and last sample, and both are monotone in p.
+template <typename A>
+JAX_ROI_HD BinRange TouchBins(const AlignAxis<A>& axis, int64_t pooled, int64_t y,
+                              int64_t size) {
+  BinRange r{0, 0};
+  if (axis.grid <= 0) return r;
+  const int64_t last = axis.grid - 1;
+  auto first_key = [&](int64_t p) { return TapKey(SampleCoord(axis, p, 0), size); };
+  auto last_key = [&](int64_t p) { return TapKey(SampleCoord(axis, p, last), size); };
+  if (axis.bin >= A(0)) {  // keys rise with the sample index: [first, last]
+    r.begin = FirstTrue(0, pooled, [&](int64_t p) { return last_key(p) >= y - 1; });
+    r.end = FirstTrue(r.begin, pooled, [&](int64_t p) { return first_key(p) > y; });
+  } else {  // reversed box: keys fall, [last, first]
+    r.begin = FirstTrue(0, pooled, [&](int64_t p) { return last_key(p) <= y; });
+    r.end = FirstTrue(r.begin, pooled, [&](int64_t p) { return first_key(p) < y - 1; });
+  }
+  return r;
+}
+
+// Samples [lo, hi) of bin p whose taps reach pixel y (key y - 1 or y).
+template <typename A>
+JAX_ROI_HD SampleRun TouchRun(const AlignAxis<A>& axis, int64_t p, int64_t y, int64_t size) {
+  auto key = [&](int64_t i) { return TapKey(SampleCoord(axis, p, i), size); };
+  SampleRun r;
+  if (axis.bin >= A(0)) {
+    r.lo = FirstTrue(0, axis.grid, [&](int64_t i) { return key(i) >= y - 1; });
+    r.hi = FirstTrue(r.lo, axis.grid, [&](int64_t i) { return key(i) > y; });
+  } else {
+    r.lo = FirstTrue(0, axis.grid, [&](int64_t i) { return key(i) <= y; });
+    r.hi = FirstTrue(r.lo, axis.grid, [&](int64_t i) { return key(i) < y - 1; });
+  }
+  return r;
+}
+
+// Sum over bin p's samples of the interpolation weight each puts on pixel y (both taps of
+// an edge-clamped sample may land there). False when no sample reaches y.
+template <typename A>
+JAX_ROI_HD bool BinWeightAt(const AlignAxis<A>& axis, int64_t p, int64_t y, int64_t size,
+                            A* weight) {
+  const SampleRun run = TouchRun(axis, p, y, size);
+  A w = A(0);
+  for (int64_t i = run.lo; i < run.hi; ++i) {
+    Lerp<A> t;
+    LerpAt(SampleCoord(axis, p, i), size, &t);
+    if (t.lo == y) w += t.wlo;
+    if (t.hi == y) w += t.whi;
+  }
+  *weight = w;
+  return run.lo < run.hi;
+}
+
 // ---------------------------------------------------------------------------------------
 // roi_pool
 // ---------------------------------------------------------------------------------------
@@ -219,6 +353,39 @@ JAX_ROI_HD PixelRange PoolBin(const PoolAxis<A>& axis, int64_t p, int64_t size) 
   PixelRange r;
   r.begin = ClipToIndex(std::floor(static_cast<A>(p) * axis.bin) + axis.start, size);
   r.end = ClipToIndex(std::ceil(static_cast<A>(p + 1) * axis.bin) + axis.start, size);
+  return r;
+}
+
+// Both axes of one roi in roi_pool geometry; ok is false for a row that outputs zeros.
+template <typename A>
+struct PoolRoiGeometry {
+  int64_t n;  // image, -1 for an invalid row
+  PoolAxis<A> y, x;
+  bool ok;
+};
+
+template <typename A>
+JAX_ROI_HD PoolRoiGeometry<A> PoolRoiAt(const A* roi, int64_t images, int64_t pooled_h,
+                                        int64_t pooled_w, A scale) {
+  PoolRoiGeometry<A> g;
+  g.n = RoiBatchIndex(roi, images);
+  g.ok = false;
+  if (g.n < 0) return g;
+  g.x = RoiPoolAxis(roi[1], roi[3], scale, pooled_w);
+  g.y = RoiPoolAxis(roi[2], roi[4], scale, pooled_h);
+  g.ok = g.x.ok && g.y.ok;
+  return g;
+}
+
+// Bins of one axis whose pixel range contains pixel y, exactly: both ends of PoolBin are
+// monotone in the bin index (the bin size is positive).
+template <typename A>
+JAX_ROI_HD BinRange PoolBinsContaining(const PoolAxis<A>& axis, int64_t pooled, int64_t y,
+                                       int64_t size) {
+  BinRange r;
+  r.begin = FirstTrue(0, pooled, [&](int64_t p) { return PoolBin(axis, p, size).end > y; });
+  r.end = FirstTrue(r.begin, pooled,
+                    [&](int64_t p) { return PoolBin(axis, p, size).begin > y; });
   return r;
 }
 

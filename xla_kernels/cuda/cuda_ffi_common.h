@@ -1,0 +1,45 @@
+// Glue shared by the CUDA FFI handlers: CUDA errors and scratch as ffi::Error.
+#ifndef JAX_ROI_CUDA_FFI_COMMON_H_
+#define JAX_ROI_CUDA_FFI_COMMON_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <string>
+
+#include "jax_roi/ffi_checks.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_roi {
+namespace cuda {
+
+// The launcher's first error, else whatever the launches left behind (cudaGetLastError
+// also clears a sticky launch error so that it is reported once, by this op).
+inline ffi::Error CudaStatus(const std::string& op, cudaError_t launched) {
+  const cudaError_t last = cudaGetLastError();
+  const cudaError_t e = launched != cudaSuccess ? launched : last;
+  if (e == cudaSuccess) return ffi::Error::Success();
+  return ffi::Error(ffi::ErrorCode::kInternal,
+                    "jax_roi " + op + ": CUDA error: " + cudaGetErrorName(e) + ": " +
+                        cudaGetErrorString(e));
+}
+
+// Float32 scratch from XLA's allocator (never a private cudaMalloc); null when bytes is 0.
+inline ffi::Error AllocateScratch(const std::string& op, ffi::ScratchAllocator& scratch,
+                                  size_t bytes, void** out) {
+  *out = nullptr;
+  if (bytes == 0) return ffi::Error::Success();
+  auto data = scratch.Allocate(bytes, 256);
+  if (!data.has_value()) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "jax_roi " + op + ": cannot allocate " + std::to_string(bytes) +
+                          " bytes of float32 scratch for the 16-bit backward");
+  }
+  *out = *data;
+  return ffi::Error::Success();
+}
+
+}  // namespace cuda
+}  // namespace jax_roi
+
+#endif  // JAX_ROI_CUDA_FFI_COMMON_H_

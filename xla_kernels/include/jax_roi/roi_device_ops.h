@@ -1,0 +1,743 @@
+// The per-thread work of every CUDA kernel, written once for the GPU and its host emulation.
+//
+// Each op below is a functor `op(i)` over a flat index space `[0, op.size())`: a CUDA
+// kernel is a grid-stride loop calling it (xla_kernels/cuda/cuda_exec.cuh), and the
+// emulation (xla_kernels/emulation) calls it for i = 0, 1, ... on one host thread. The
+// `Run*` plans at the end choose which ops run in which order for a call; they take an
+// executor (`Run(op)`, `Zero(ptr, bytes)`) so the same sequence drives both.
+//
+// Index spaces (consecutive i are consecutive threads of a warp):
+//   pooled (forward, atomic backward): one output / incoming-gradient element, in its memory
+//     order: NCHW walks the bins of one channel plane, NHWC the channels of one bin.
+//   gather (deterministic backward): one feature-gradient pixel and a tile of up to
+//     kGatherTile channels. NCHW: pixels of one plane are consecutive, a thread owns
+//     kGatherTile consecutive channels. NHWC: the threads of one pixel are consecutive and
+//     thread l owns channels l, l + G, l + 2G, ... (G threads per pixel), so each step of
+//     the tile loop reads consecutive channels across the warp.
+//
+// The math comes from roi_math.h; nothing here re-derives geometry or interpolation.
+#ifndef JAX_ROI_ROI_DEVICE_OPS_H_
+#define JAX_ROI_ROI_DEVICE_OPS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "jax_roi/dtypes.h"
+#include "jax_roi/roi_math.h"
+#include "jax_roi/roi_shape.h"
+
+// Device passes only: keeps the channel-tile accumulators in registers.
+#if defined(__CUDA_ARCH__)
+#define JAX_ROI_UNROLL _Pragma("unroll")
+#else
+#define JAX_ROI_UNROLL
+#endif
+
+namespace jax_roi {
+namespace device {
+
+// Channels per deterministic-backward thread: the roi loop (the gather's main cost) is
+// shared by the tile, while the accumulators stay in registers.
+constexpr int kGatherTile = 4;
+
+JAX_ROI_HD int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Element strides of a 4-D tensor [outer, C, rows, cols] stored in either layout.
+struct Strides {
+  int64_t outer, c, y, x;
+};
+
+JAX_ROI_HD Strides MakeStrides(int64_t c, int64_t rows, int64_t cols, bool channels_last) {
+  Strides st;
+  st.outer = c * rows * cols;
+  st.c = channels_last ? 1 : rows * cols;
+  st.y = channels_last ? cols * c : cols;
+  st.x = channels_last ? c : 1;
+  return st;
+}
+
+JAX_ROI_HD int64_t Offset(const Strides& st, int64_t outer, int64_t c, int64_t y, int64_t x) {
+  return outer * st.outer + c * st.c + y * st.y + x * st.x;
+}
+
+// One call's sizes with the strides of its feature-shaped and pooled-shaped tensors.
+struct Layout {
+  RoiShape s;
+  Strides feat, pooled;
+};
+
+inline Layout MakeLayout(const RoiShape& s) {
+  Layout l;
+  l.s = s;
+  l.feat = MakeStrides(s.c, s.h, s.w, s.channels_last);
+  l.pooled = MakeStrides(s.c, s.ph, s.pw, s.channels_last);
+  return l;
+}
+
+// ---------------------------------------------------------------------------------------
+// Index spaces
+// ---------------------------------------------------------------------------------------
+
+struct PooledPos {
+  int64_t k, c, p, q;
+};
+
+JAX_ROI_HD int64_t PooledCount(const RoiShape& s) { return s.k * s.c * s.ph * s.pw; }
+
+// Element i of a pooled tensor in its memory order (so element i lives at offset i).
+JAX_ROI_HD PooledPos PooledAt(const RoiShape& s, int64_t i) {
+  PooledPos e;
+  if (s.channels_last) {
+    e.c = i % s.c;
+    i /= s.c;
+    e.q = i % s.pw;
+    i /= s.pw;
+    e.p = i % s.ph;
+    e.k = i / s.ph;
+  } else {
+    e.q = i % s.pw;
+    i /= s.pw;
+    e.p = i % s.ph;
+    i /= s.ph;
+    e.c = i % s.c;
+    e.k = i / s.c;
+  }
+  return e;
+}
+
+// A deterministic-backward thread: pixel (n, y, x) and channels c0 + j * cstep, j < cn.
+struct GatherPos {
+  int64_t n, y, x, c0, cstep, cn;
+};
+
+JAX_ROI_HD int64_t GatherCount(const RoiShape& s) {
+  return s.n * s.h * s.w * CeilDiv(s.c, kGatherTile);
+}
+
+JAX_ROI_HD GatherPos GatherAt(const RoiShape& s, int64_t i) {
+  const int64_t groups = CeilDiv(s.c, kGatherTile);
+  GatherPos e;
+  if (s.channels_last) {
+    const int64_t l = i % groups;
+    i /= groups;
+    e.x = i % s.w;
+    i /= s.w;
+    e.y = i % s.h;
+    e.n = i / s.h;
+    e.c0 = l;
+    e.cstep = groups;
+    e.cn = CeilDiv(s.c - l, groups);  // <= kGatherTile as groups * kGatherTile >= C
+  } else {
+    e.x = i % s.w;
+    i /= s.w;
+    e.y = i % s.h;
+    i /= s.h;
+    const int64_t t = i % groups;
+    e.n = i / groups;
+    e.c0 = t * kGatherTile;
+    e.cstep = 1;
+    e.cn = s.c - e.c0 < kGatherTile ? s.c - e.c0 : kGatherTile;
+  }
+  return e;
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-element math
+// ---------------------------------------------------------------------------------------
+
+template <typename A>
+struct MaxResult {
+  A value;
+  int32_t index;  // -1: no winner (empty bin, invalid row, or an out-of-map sample won)
+};
+
+template <typename A>
+JAX_ROI_HD AlignRoiGeometry<A> AlignRoiOf(const A* rois, int64_t k, const RoiShape& s,
+                                          const RoiParams& prm) {
+  return AlignRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(prm.scale), prm.aligned,
+                    prm.ratio);
+}
+
+template <typename A>
+JAX_ROI_HD PoolRoiGeometry<A> PoolRoiOf(const A* rois, int64_t k, const RoiShape& s,
+                                        const RoiParams& prm) {
+  return PoolRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(prm.scale));
+}
+
+// One bilinear sample of a channel plane. The expression (weights formed first, summed
+// left to right) is the CPU max kernel's, so max-mode values and winners agree bit for bit.
+template <typename T, typename A>
+JAX_ROI_HD A BilinearAt(const T* plane, const Strides& st, const Lerp<A>& ty,
+                        const Lerp<A>& tx) {
+  const A w1 = ty.wlo * tx.wlo, w2 = ty.wlo * tx.whi, w3 = ty.whi * tx.wlo,
+          w4 = ty.whi * tx.whi;
+  return w1 * Load<A>(plane[ty.lo * st.y + tx.lo * st.x]) +
+         w2 * Load<A>(plane[ty.lo * st.y + tx.hi * st.x]) +
+         w3 * Load<A>(plane[ty.hi * st.y + tx.lo * st.x]) +
+         w4 * Load<A>(plane[ty.hi * st.y + tx.hi * st.x]);
+}
+
+// roi_align avg forward, output element (k, c, p, q): the mean over the bin's sampling grid
+// (out-of-map samples add 0 but count).
+template <typename T, typename A>
+JAX_ROI_HD A AlignAvgElement(const T* features, const A* rois, const Layout& L,
+                             const RoiParams& prm, const PooledPos& e) {
+  const AlignRoiGeometry<A> g = AlignRoiOf(rois, e.k, L.s, prm);
+  if (!g.ok) return A(0);
+  const T* plane = features + Offset(L.feat, g.n, e.c, 0, 0);
+  const SampleRun ry = InsideRun(g.y, e.p, L.s.h), rx = InsideRun(g.x, e.q, L.s.w);
+  A acc = A(0);
+  for (int64_t iy = ry.lo; iy < ry.hi; ++iy) {
+    Lerp<A> ty;
+    if (!LerpAt(SampleCoord(g.y, e.p, iy), L.s.h, &ty)) continue;
+    for (int64_t ix = rx.lo; ix < rx.hi; ++ix) {
+      Lerp<A> tx;
+      if (!LerpAt(SampleCoord(g.x, e.q, ix), L.s.w, &tx)) continue;
+      acc += BilinearAt(plane, L.feat, ty, tx);
+    }
+  }
+  return acc / AlignSampleCount(g);
+}
+
+// roi_align max forward, output element (k, c, p, q): the first maximum over the grid in
+// row-major order (strict >), out-of-map samples competing with value 0.
+template <typename T, typename A>
+JAX_ROI_HD MaxResult<A> AlignMaxElement(const T* features, const A* rois, const Layout& L,
+                                        const RoiParams& prm, const PooledPos& e) {
+  MaxResult<A> r{A(0), -1};
+  const AlignRoiGeometry<A> g = AlignRoiOf(rois, e.k, L.s, prm);
+  if (!g.ok) return r;
+  const T* plane = features + Offset(L.feat, g.n, e.c, 0, 0);
+  const SampleRun ry = InsideRun(g.y, e.p, L.s.h), rx = InsideRun(g.x, e.q, L.s.w);
+  const int64_t gw = g.x.grid;
+  for (int64_t iy = ry.lo; iy < ry.hi; ++iy) {
+    Lerp<A> ty;
+    if (!LerpAt(SampleCoord(g.y, e.p, iy), L.s.h, &ty)) continue;
+    for (int64_t ix = rx.lo; ix < rx.hi; ++ix) {
+      Lerp<A> tx;
+      if (!LerpAt(SampleCoord(g.x, e.q, ix), L.s.w, &tx)) continue;
+      const A v = BilinearAt(plane, L.feat, ty, tx);
+      if (r.index < 0 || v > r.value) {
+        r.value = v;
+        r.index = static_cast<int32_t>(iy * gw + ix);  // < kMaxGrid^2 = 2^30
+      }
+    }
+  }
+  MergeOutsideSample(FirstOutsideSample(ry, g.y.grid, rx, gw), &r.value, &r.index);
+  return r;
+}
+
+// roi_pool forward, output element (k, c, p, q): the first maximum of the bin's pixels in
+// row-major order (strict >); the winner is stored as y * W + x.
+template <typename T, typename A>
+JAX_ROI_HD MaxResult<A> PoolMaxElement(const T* features, const A* rois, const Layout& L,
+                                       const RoiParams& prm, const PooledPos& e) {
+  MaxResult<A> r{A(0), -1};
+  const PoolRoiGeometry<A> g = PoolRoiOf(rois, e.k, L.s, prm);
+  if (!g.ok) return r;
+  const T* plane = features + Offset(L.feat, g.n, e.c, 0, 0);
+  const PixelRange ry = PoolBin(g.y, e.p, L.s.h), rx = PoolBin(g.x, e.q, L.s.w);
+  for (int64_t y = ry.begin; y < ry.end; ++y) {
+    for (int64_t x = rx.begin; x < rx.end; ++x) {
+      const A v = Load<A>(plane[y * L.feat.y + x * L.feat.x]);
+      if (r.index < 0 || v > r.value) {
+        r.value = v;
+        r.index = static_cast<int32_t>(y * L.s.w + x);  // H * W < 2^31 (checked)
+      }
+    }
+  }
+  return r;
+}
+
+// The hook through which the scatter backward adds into the gradient: atomicAdd on the
+// device (float and double: native on sm_60+), a plain += in the one-thread emulation.
+template <typename A>
+JAX_ROI_HD void AtomicAdd(A* address, A value) {
+#if defined(__CUDA_ARCH__)
+  atomicAdd(address, value);
+#else
+  *address += value;
+#endif
+}
+
+// roi_align avg backward, scatter form: pooled element (k, c, p, q) spreads g / count over
+// the four taps of each sample of its bin. `target` is features-shaped, in the
+// accumulation type.
+template <typename T, typename A>
+JAX_ROI_HD void AlignAvgScatter(const T* grad, const A* rois, A* target, const Layout& L,
+                                const RoiParams& prm, const PooledPos& e) {
+  const AlignRoiGeometry<A> g = AlignRoiOf(rois, e.k, L.s, prm);
+  if (!g.ok) return;
+  const A gc = Load<A>(grad[Offset(L.pooled, e.k, e.c, e.p, e.q)]) / AlignSampleCount(g);
+  A* plane = target + Offset(L.feat, g.n, e.c, 0, 0);
+  const SampleRun ry = InsideRun(g.y, e.p, L.s.h), rx = InsideRun(g.x, e.q, L.s.w);
+  for (int64_t iy = ry.lo; iy < ry.hi; ++iy) {
+    Lerp<A> ty;
+    if (!LerpAt(SampleCoord(g.y, e.p, iy), L.s.h, &ty)) continue;
+    for (int64_t ix = rx.lo; ix < rx.hi; ++ix) {
+      Lerp<A> tx;
+      if (!LerpAt(SampleCoord(g.x, e.q, ix), L.s.w, &tx)) continue;
+      AtomicAdd(plane + ty.lo * L.feat.y + tx.lo * L.feat.x, gc * (ty.wlo * tx.wlo));
+      AtomicAdd(plane + ty.lo * L.feat.y + tx.hi * L.feat.x, gc * (ty.wlo * tx.whi));
+      AtomicAdd(plane + ty.hi * L.feat.y + tx.lo * L.feat.x, gc * (ty.whi * tx.wlo));
+      AtomicAdd(plane + ty.hi * L.feat.y + tx.hi * L.feat.x, gc * (ty.whi * tx.whi));
+    }
+  }
+}
+
+// roi_align max backward, scatter form: g goes undivided to the four taps of the winning
+// sample recorded in argmax (an index iy * gw + ix into the bin's grid).
+template <typename T, typename A>
+JAX_ROI_HD void AlignMaxScatter(const T* grad, const A* rois, const int32_t* argmax,
+                                A* target, const Layout& L, const RoiParams& prm,
+                                const PooledPos& e) {
+  const AlignRoiGeometry<A> g = AlignRoiOf(rois, e.k, L.s, prm);
+  if (!g.ok) return;
+  const int64_t o = Offset(L.pooled, e.k, e.c, e.p, e.q);
+  const int64_t sample = argmax[o];
+  const int64_t gw = g.x.grid;
+  if (sample < 0 || sample >= g.y.grid * gw) return;
+  Lerp<A> ty, tx;
+  if (!LerpAt(SampleCoord(g.y, e.p, sample / gw), L.s.h, &ty) ||
+      !LerpAt(SampleCoord(g.x, e.q, sample % gw), L.s.w, &tx))
+    return;
+  const A gv = Load<A>(grad[o]);
+  A* plane = target + Offset(L.feat, g.n, e.c, 0, 0);
+  AtomicAdd(plane + ty.lo * L.feat.y + tx.lo * L.feat.x, gv * (ty.wlo * tx.wlo));
+  AtomicAdd(plane + ty.lo * L.feat.y + tx.hi * L.feat.x, gv * (ty.wlo * tx.whi));
+  AtomicAdd(plane + ty.hi * L.feat.y + tx.lo * L.feat.x, gv * (ty.whi * tx.wlo));
+  AtomicAdd(plane + ty.hi * L.feat.y + tx.hi * L.feat.x, gv * (ty.whi * tx.whi));
+}
+
+// roi_pool backward, scatter form: g goes to the pixel recorded in argmax.
+template <typename T, typename A>
+JAX_ROI_HD void PoolScatter(const T* grad, const A* rois, const int32_t* argmax, A* target,
+                            const Layout& L, const PooledPos& e) {
+  const int64_t n = RoiBatchIndex(rois + 5 * e.k, L.s.n);
+  if (n < 0) return;
+  const int64_t o = Offset(L.pooled, e.k, e.c, e.p, e.q);
+  const int64_t pixel = argmax[o];
+  if (pixel < 0 || pixel >= L.s.h * L.s.w) return;
+  AtomicAdd(target + Offset(L.feat, n, e.c, pixel / L.s.w, pixel % L.s.w), Load<A>(grad[o]));
+}
+
+// The deterministic backward gathers: thread e owns feature-gradient pixel (n, y, x) for
+// its channel tile and sums, in a fixed order (roi k ascending, then bin p, q ascending),
+// what every roi of image n sends there; the order depends on nothing but the data, so the
+// bits are the same on every run and for any launch configuration. Each thread walks all K
+// rois: a roi of another image costs its batch-index test, one of the same image its
+// geometry and two binary searches over its bins (O(log P)) before it is skipped or used.
+// Every element is written exactly once, so the output needs no clearing and 16-bit types
+// need no scratch.
+
+template <typename T, typename A>
+JAX_ROI_HD void StoreTile(T* dfeat, const Layout& L, const GatherPos& e,
+                          const A (&acc)[kGatherTile]) {
+  JAX_ROI_UNROLL
+  for (int j = 0; j < kGatherTile; ++j) {
+    if (j < e.cn) dfeat[Offset(L.feat, e.n, e.c0 + j * e.cstep, e.y, e.x)] = Store<T>(acc[j]);
+  }
+}
+
+// roi_align avg: pixel weight of bin (p, q) = (y-axis weight) * (x-axis weight) / count,
+// the bilinear weights factoring by axis.
+template <typename T, typename A>
+JAX_ROI_HD void AlignAvgGather(const T* grad, const A* rois, T* dfeat, const Layout& L,
+                               const RoiParams& prm, const GatherPos& e) {
+  A acc[kGatherTile];
+  JAX_ROI_UNROLL
+  for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
+  for (int64_t k = 0; k < L.s.k; ++k) {
+    if (RoiBatchIndex(rois + 5 * k, L.s.n) != e.n) continue;
+    const AlignRoiGeometry<A> g = AlignRoiOf(rois, k, L.s, prm);
+    if (!g.ok) continue;
+    const BinRange by = TouchBins(g.y, L.s.ph, e.y, L.s.h);
+    if (by.begin >= by.end) continue;
+    const BinRange bx = TouchBins(g.x, L.s.pw, e.x, L.s.w);
+    if (bx.begin >= bx.end) continue;
+    const A count = AlignSampleCount(g);
+    for (int64_t p = by.begin; p < by.end; ++p) {
+      A wy;
+      if (!BinWeightAt(g.y, p, e.y, L.s.h, &wy)) continue;
+      for (int64_t q = bx.begin; q < bx.end; ++q) {
+        A wx;
+        if (!BinWeightAt(g.x, q, e.x, L.s.w, &wx)) continue;
+        const A w = wy * wx / count;
+        const T* gp = grad + Offset(L.pooled, k, e.c0, p, q);
+        JAX_ROI_UNROLL
+        for (int j = 0; j < kGatherTile; ++j) {
+          if (j < e.cn) acc[j] += w * Load<A>(gp[j * e.cstep * L.pooled.c]);
+        }
+      }
+    }
+  }
+  StoreTile(dfeat, L, e, acc);
+}
+
+// roi_align max: the winner recorded for (k, c, p, q) sends g * (its tap weights) to the
+// pixel when one of its taps lands there; its bin is then among the bins that reach the
+// pixel. Corner order as in the scatter: (lo, lo), (lo, hi), (hi, lo), (hi, hi).
+template <typename T, typename A>
+JAX_ROI_HD void AlignMaxGather(const T* grad, const A* rois, const int32_t* argmax,
+                               T* dfeat, const Layout& L, const RoiParams& prm,
+                               const GatherPos& e) {
+  A acc[kGatherTile];
+  JAX_ROI_UNROLL
+  for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
+  for (int64_t k = 0; k < L.s.k; ++k) {
+    if (RoiBatchIndex(rois + 5 * k, L.s.n) != e.n) continue;
+    const AlignRoiGeometry<A> g = AlignRoiOf(rois, k, L.s, prm);
+    if (!g.ok) continue;
+    const BinRange by = TouchBins(g.y, L.s.ph, e.y, L.s.h);
+    if (by.begin >= by.end) continue;
+    const BinRange bx = TouchBins(g.x, L.s.pw, e.x, L.s.w);
+    if (bx.begin >= bx.end) continue;
+    const int64_t gw = g.x.grid, samples = g.y.grid * gw;
+    for (int64_t p = by.begin; p < by.end; ++p) {
+      for (int64_t q = bx.begin; q < bx.end; ++q) {
+        const int64_t o = Offset(L.pooled, k, e.c0, p, q);
+        JAX_ROI_UNROLL
+        for (int j = 0; j < kGatherTile; ++j) {
+          if (j >= e.cn) continue;
+          const int64_t oc = o + j * e.cstep * L.pooled.c;
+          const int64_t sample = argmax[oc];
+          if (sample < 0 || sample >= samples) continue;
+          Lerp<A> ty, tx;
+          if (!LerpAt(SampleCoord(g.y, p, sample / gw), L.s.h, &ty) ||
+              !LerpAt(SampleCoord(g.x, q, sample % gw), L.s.w, &tx))
+            continue;
+          const bool ylo = ty.lo == e.y, yhi = ty.hi == e.y;
+          const bool xlo = tx.lo == e.x, xhi = tx.hi == e.x;
+          if (!((ylo || yhi) && (xlo || xhi))) continue;
+          const A gv = Load<A>(grad[oc]);
+          if (ylo && xlo) acc[j] += gv * (ty.wlo * tx.wlo);
+          if (ylo && xhi) acc[j] += gv * (ty.wlo * tx.whi);
+          if (yhi && xlo) acc[j] += gv * (ty.whi * tx.wlo);
+          if (yhi && xhi) acc[j] += gv * (ty.whi * tx.whi);
+        }
+      }
+    }
+  }
+  StoreTile(dfeat, L, e, acc);
+}
+
+// roi_pool: g of (k, c, p, q) goes to the pixel whose index argmax recorded; a winner lies
+// in its bin, so only the bins containing the pixel are read.
+template <typename T, typename A>
+JAX_ROI_HD void PoolGather(const T* grad, const A* rois, const int32_t* argmax, T* dfeat,
+                           const Layout& L, const RoiParams& prm, const GatherPos& e) {
+  A acc[kGatherTile];
+  JAX_ROI_UNROLL
+  for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
+  const int64_t pixel = e.y * L.s.w + e.x;
+  for (int64_t k = 0; k < L.s.k; ++k) {
+    if (RoiBatchIndex(rois + 5 * k, L.s.n) != e.n) continue;
+    const PoolRoiGeometry<A> g = PoolRoiOf(rois, k, L.s, prm);
+    if (!g.ok) continue;
+    const BinRange by = PoolBinsContaining(g.y, L.s.ph, e.y, L.s.h);
+    if (by.begin >= by.end) continue;
+    const BinRange bx = PoolBinsContaining(g.x, L.s.pw, e.x, L.s.w);
+    if (bx.begin >= bx.end) continue;
+    for (int64_t p = by.begin; p < by.end; ++p) {
+      for (int64_t q = bx.begin; q < bx.end; ++q) {
+        const int64_t o = Offset(L.pooled, k, e.c0, p, q);
+        JAX_ROI_UNROLL
+        for (int j = 0; j < kGatherTile; ++j) {
+          const int64_t oc = o + j * e.cstep * L.pooled.c;
+          if (j < e.cn && argmax[oc] == pixel) acc[j] += Load<A>(grad[oc]);
+        }
+      }
+    }
+  }
+  StoreTile(dfeat, L, e, acc);
+}
+
+// ---------------------------------------------------------------------------------------
+// Ops: a body bound to its buffers, callable per index
+// ---------------------------------------------------------------------------------------
+
+template <typename T>
+struct AlignAvgFwdOp {
+  using A = typename Accum<T>::type;
+  const T* features;
+  const A* rois;
+  T* out;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    out[i] = Store<T>(AlignAvgElement(features, rois, L, prm, PooledAt(L.s, i)));
+  }
+};
+
+template <typename T>
+struct AlignMaxFwdOp {
+  using A = typename Accum<T>::type;
+  const T* features;
+  const A* rois;
+  T* out;
+  int32_t* argmax;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    const MaxResult<A> r = AlignMaxElement(features, rois, L, prm, PooledAt(L.s, i));
+    out[i] = Store<T>(r.value);
+    argmax[i] = r.index;
+  }
+};
+
+template <typename T>
+struct PoolFwdOp {
+  using A = typename Accum<T>::type;
+  const T* features;
+  const A* rois;
+  T* out;
+  int32_t* argmax;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    const MaxResult<A> r = PoolMaxElement(features, rois, L, prm, PooledAt(L.s, i));
+    out[i] = Store<T>(r.value);
+    argmax[i] = r.index;
+  }
+};
+
+template <typename T>
+struct AlignAvgScatterOp {
+  using A = typename Accum<T>::type;
+  const T* grad;
+  const A* rois;
+  A* target;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    AlignAvgScatter(grad, rois, target, L, prm, PooledAt(L.s, i));
+  }
+};
+
+template <typename T>
+struct AlignMaxScatterOp {
+  using A = typename Accum<T>::type;
+  const T* grad;
+  const A* rois;
+  const int32_t* argmax;
+  A* target;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    AlignMaxScatter(grad, rois, argmax, target, L, prm, PooledAt(L.s, i));
+  }
+};
+
+template <typename T>
+struct PoolScatterOp {
+  using A = typename Accum<T>::type;
+  const T* grad;
+  const A* rois;
+  const int32_t* argmax;
+  A* target;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    PoolScatter(grad, rois, argmax, target, L, PooledAt(L.s, i));
+  }
+};
+
+template <typename T>
+struct AlignAvgGatherOp {
+  using A = typename Accum<T>::type;
+  const T* grad;
+  const A* rois;
+  T* dfeat;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return GatherCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    AlignAvgGather(grad, rois, dfeat, L, prm, GatherAt(L.s, i));
+  }
+};
+
+template <typename T>
+struct AlignMaxGatherOp {
+  using A = typename Accum<T>::type;
+  const T* grad;
+  const A* rois;
+  const int32_t* argmax;
+  T* dfeat;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return GatherCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    AlignMaxGather(grad, rois, argmax, dfeat, L, prm, GatherAt(L.s, i));
+  }
+};
+
+template <typename T>
+struct PoolGatherOp {
+  using A = typename Accum<T>::type;
+  const T* grad;
+  const A* rois;
+  const int32_t* argmax;
+  T* dfeat;
+  Layout L;
+  RoiParams prm;
+  JAX_ROI_HD int64_t size() const { return GatherCount(L.s); }
+  JAX_ROI_HD void operator()(int64_t i) const {
+    PoolGather(grad, rois, argmax, dfeat, L, prm, GatherAt(L.s, i));
+  }
+};
+
+// Rounds a float accumulator into 16-bit storage, element by element.
+template <typename T>
+struct RoundOp {
+  const float* acc;
+  T* out;
+  int64_t count;
+  JAX_ROI_HD int64_t size() const { return count; }
+  JAX_ROI_HD void operator()(int64_t i) const { out[i] = Store<T>(acc[i]); }
+};
+
+// ---------------------------------------------------------------------------------------
+// Plans: the ops one call runs, in order (host code, for any executor)
+// ---------------------------------------------------------------------------------------
+
+// Calls f with a value of the storage type for `type`.
+template <typename F>
+void VisitElementType(ElementType type, F&& f) {
+  switch (type) {
+    case ElementType::kF32: f(float{}); break;
+    case ElementType::kF64: f(double{}); break;
+    case ElementType::kF16: f(Half{}); break;
+    case ElementType::kBF16: f(BFloat16{}); break;
+  }
+}
+
+inline int64_t FeatureCount(const RoiShape& s) { return s.n * s.c * s.h * s.w; }
+
+// Bytes of float scratch the atomic backward needs: 16-bit gradients accumulate in float32
+// (SEMANTICS.md, "Precision") and are rounded once at the end. The deterministic backward
+// accumulates in registers and needs none.
+inline size_t BackwardScratchBytes(ElementType type, const RoiShape& s, bool deterministic) {
+  const bool narrow = type == ElementType::kF16 || type == ElementType::kBF16;
+  if (deterministic || !narrow) return 0;
+  return static_cast<size_t>(FeatureCount(s)) * sizeof(float);
+}
+
+template <typename Exec>
+void RunAlignAvgForward(Exec& ex, ElementType type, const void* features, const void* rois,
+                        void* out, const RoiShape& s, const RoiParams& prm) {
+  VisitElementType(type, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Accum<T>::type;
+    ex.Run(AlignAvgFwdOp<T>{static_cast<const T*>(features), static_cast<const A*>(rois),
+                            static_cast<T*>(out), MakeLayout(s), prm});
+  });
+}
+
+template <typename Exec>
+void RunAlignMaxForward(Exec& ex, ElementType type, const void* features, const void* rois,
+                        void* out, int32_t* argmax, const RoiShape& s, const RoiParams& prm) {
+  VisitElementType(type, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Accum<T>::type;
+    ex.Run(AlignMaxFwdOp<T>{static_cast<const T*>(features), static_cast<const A*>(rois),
+                            static_cast<T*>(out), argmax, MakeLayout(s), prm});
+  });
+}
+
+template <typename Exec>
+void RunPoolForward(Exec& ex, ElementType type, const void* features, const void* rois,
+                    void* out, int32_t* argmax, const RoiShape& s, const RoiParams& prm) {
+  VisitElementType(type, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Accum<T>::type;
+    ex.Run(PoolFwdOp<T>{static_cast<const T*>(features), static_cast<const A*>(rois),
+                        static_cast<T*>(out), argmax, MakeLayout(s), prm});
+  });
+}
+
+// The atomic backward: clear the accumulation target, scatter into it, and round it into
+// the 16-bit output if it was scratch. `make_scatter(target)` builds the scatter op.
+template <typename T, typename Exec, typename MakeScatter>
+void RunScatterBackward(Exec& ex, void* dfeat, void* scratch, const RoiShape& s,
+                        MakeScatter make_scatter) {
+  using A = typename Accum<T>::type;
+  constexpr bool kDirect = std::is_same<T, A>::value;
+  A* target = kDirect ? static_cast<A*>(dfeat) : static_cast<A*>(scratch);
+  ex.Zero(target, static_cast<size_t>(FeatureCount(s)) * sizeof(A));
+  ex.Run(make_scatter(target));
+  if constexpr (!kDirect) {
+    ex.Run(RoundOp<T>{target, static_cast<T*>(dfeat), FeatureCount(s)});
+  }
+}
+
+// Backward plans. `scratch` holds BackwardScratchBytes(...) bytes (may be null when 0).
+template <typename Exec>
+void RunAlignAvgBackward(Exec& ex, ElementType type, const void* grad, const void* rois,
+                         void* dfeat, void* scratch, const RoiShape& s, const RoiParams& prm,
+                         bool deterministic) {
+  VisitElementType(type, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Accum<T>::type;
+    const T* g = static_cast<const T*>(grad);
+    const A* r = static_cast<const A*>(rois);
+    const Layout L = MakeLayout(s);
+    if (deterministic) {
+      ex.Run(AlignAvgGatherOp<T>{g, r, static_cast<T*>(dfeat), L, prm});
+      return;
+    }
+    RunScatterBackward<T>(ex, dfeat, scratch, s,
+                          [&](A* target) { return AlignAvgScatterOp<T>{g, r, target, L, prm}; });
+  });
+}
+
+template <typename Exec>
+void RunAlignMaxBackward(Exec& ex, ElementType type, const void* grad, const void* rois,
+                         const int32_t* argmax, void* dfeat, void* scratch, const RoiShape& s,
+                         const RoiParams& prm, bool deterministic) {
+  VisitElementType(type, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Accum<T>::type;
+    const T* g = static_cast<const T*>(grad);
+    const A* r = static_cast<const A*>(rois);
+    const Layout L = MakeLayout(s);
+    if (deterministic) {
+      ex.Run(AlignMaxGatherOp<T>{g, r, argmax, static_cast<T*>(dfeat), L, prm});
+      return;
+    }
+    RunScatterBackward<T>(ex, dfeat, scratch, s, [&](A* target) {
+      return AlignMaxScatterOp<T>{g, r, argmax, target, L, prm};
+    });
+  });
+}
+
+template <typename Exec>
+void RunPoolBackward(Exec& ex, ElementType type, const void* grad, const void* rois,
+                     const int32_t* argmax, void* dfeat, void* scratch, const RoiShape& s,
+                     const RoiParams& prm, bool deterministic) {
+  VisitElementType(type, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Accum<T>::type;
+    const T* g = static_cast<const T*>(grad);
+    const A* r = static_cast<const A*>(rois);
+    const Layout L = MakeLayout(s);
+    if (deterministic) {
+      ex.Run(PoolGatherOp<T>{g, r, argmax, static_cast<T*>(dfeat), L, prm});
+      return;
+    }
+    RunScatterBackward<T>(ex, dfeat, scratch, s, [&](A* target) {
+      return PoolScatterOp<T>{g, r, argmax, target, L, prm};
+    });
+  });
+}
+
+}  // namespace device
+}  // namespace jax_roi
+
+#endif  // JAX_ROI_ROI_DEVICE_OPS_H_
