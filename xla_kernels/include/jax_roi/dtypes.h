@@ -46,20 +46,20 @@ JAX_ROI_HD uint32_t FloatToBits(float f) {
 }
 
 // IEEE binary16 -> binary32, exact (subnormals, infinities and NaN payloads included).
+// Branch-free (selects only), so CPU loops over 16-bit features vectorise: the exponent is
+// rebiased in place, infinities and NaNs get the top exponent, and subnormals are
+// renormalised by one exact float subtraction (x * 2^-24 = (2^-14 + x * 2^-24) - 2^-14).
 JAX_ROI_HD float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1fu) return BitsToFloat(sign | 0x7f800000u | (mant << 13));
-  if (exp != 0) return BitsToFloat(sign | ((exp + 112u) << 23) | (mant << 13));
-  if (mant == 0) return BitsToFloat(sign);
-  // Subnormal half: normalise into a float exponent.
-  uint32_t e = 113u;
-  while ((mant & 0x400u) == 0) {
-    mant <<= 1;
-    --e;
-  }
-  return BitsToFloat(sign | (e << 23) | ((mant & 0x3ffu) << 13));
+  const uint32_t shifted = static_cast<uint32_t>(h & 0x7fffu) << 13;
+  const uint32_t exp = shifted & 0x0f800000u;
+  const bool special = exp == 0x0f800000u;  // infinity or NaN
+  const bool tiny = exp == 0u;              // zero or subnormal
+  uint32_t bits = shifted + ((127u - 15u) << 23);
+  bits += special ? ((128u - 16u) << 23) : 0u;
+  bits += tiny ? (1u << 23) : 0u;
+  const float f = BitsToFloat(bits);
+  const float magnitude = tiny ? f - BitsToFloat(113u << 23) : f;
+  return BitsToFloat(FloatToBits(magnitude) | (static_cast<uint32_t>(h & 0x8000u) << 16));
 }
 
 // binary32 -> binary16, round to nearest even; overflow goes to infinity, NaN stays NaN.
