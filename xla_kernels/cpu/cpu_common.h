@@ -4,6 +4,7 @@
 #define JAX_ROI_CPU_COMMON_H_
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -376,6 +377,27 @@ struct GradTarget {
   }
 
 };
+
+// 32 bytes of accumulators as one GCC vector-extension value: an AVX register in the AVX2
+// clone, two SSE registers in the baseline one. Written out because the auto-vectoriser
+// split a 16-float accumulator array into 8 + 4 + 2 + 1 + 1 lanes. Lane arithmetic is the
+// scalar code's, in its order (no fusion: -ffp-contract=off), so results are the same bits.
+template <typename A>
+struct Lanes {
+  typedef A type __attribute__((vector_size(32)));
+  static constexpr int64_t kCount = 32 / sizeof(A);
+};
+
+// kCount consecutive elements of T widened to A. Through a pointer, and always inlined: a
+// 32-byte vector passed by value has a different ABI in the AVX2 and baseline clones.
+template <typename A, typename T>
+__attribute__((always_inline)) inline void LoadLanes(const T* p, typename Lanes<A>::type* v) {
+  if (std::is_same<T, A>::value) {
+    std::memcpy(v, p, sizeof *v);
+  } else {
+    for (int64_t i = 0; i < Lanes<A>::kCount; ++i) (*v)[i] = Load<A>(p[i]);
+  }
+}
 
 // Offset of pooled element (k, c, p, q) in [K, C, PH, PW] or [K, PH, PW, C].
 template <bool kChannelsLast>

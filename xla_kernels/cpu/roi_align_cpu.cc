@@ -53,9 +53,10 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
   const A count = AlignSampleCount(roi);
   const T* image = feat + FeatureIndex<kCL>(s, roi.n, c0, 0, 0);
   if (kCL) {
-    // kV channels at a time in registers, the taps as the inner loops: each feature vector
-    // is loaded once per tap and the accumulators never touch memory.
-    constexpr int64_t kV = 16;
+    // kV channels at a time in two vector registers, the taps as the inner loops: each
+    // feature vector is loaded once per tap and the accumulators never touch memory.
+    using V = typename Lanes<A>::type;
+    constexpr int64_t kL = Lanes<A>::kCount, kV = 2 * kL;
     const int64_t row_step = s.w * s.c;
     for (int64_t p = 0; p < s.ph; ++p) {
       const int64_t* py = ty.Pixels(p);
@@ -66,16 +67,25 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
         T* o = out + PooledIndex<kCL>(s, k, c0, p, q);
         int64_t c = 0;
         for (; c + kV <= cb; c += kV) {
-          A acc[kV] = {};
+          V acc0 = {}, acc1 = {};
           for (int64_t r = 0; r < ty.len; ++r) {
             const T* row = image + py[r] * row_step + c;
             for (int64_t u = 0; u < tx.len; ++u) {
-              const A w = wy[r] * wx[u];
+              const V w = V{} + wy[r] * wx[u];
               const T* v = row + px[u] * s.c;
-              for (int64_t j = 0; j < kV; ++j) acc[j] += w * Load<A>(v[j]);
+              V x0, x1;
+              LoadLanes<A>(v, &x0);
+              LoadLanes<A>(v + kL, &x1);
+              acc0 += w * x0;
+              acc1 += w * x1;
             }
           }
-          for (int64_t j = 0; j < kV; ++j) o[c + j] = Store<T>(acc[j] / count);
+          acc0 /= count;
+          acc1 /= count;
+          for (int64_t j = 0; j < kL; ++j) {
+            o[c + j] = Store<T>(acc0[j]);
+            o[c + kL + j] = Store<T>(acc1[j]);
+          }
         }
         for (; c < cb; ++c) {
           A acc = A(0);
