@@ -180,19 +180,23 @@ JAX_ROI_CPU_KERNEL void AlignAvgBwdTask(const T* grad, const typename Accum<T>::
             for (int64_t c = 0; c < cb; ++c) t[c] += w * Load<A>(g[c]);
           }
         }
-      constexpr int64_t kV = 16;
+      using V = typename Lanes<A>::type;
+      constexpr int64_t kV = Lanes<A>::kCount;
       for (int64_t j = 0; j < ny; ++j) {
         for (int64_t i = 0; i < nx; ++i) {
           A* d = target.At(0, fy.pixel[j], fx.pixel[i]);
           int64_t c = 0;
           for (; c + kV <= cb; c += kV) {
-            A acc[kV] = {};
+            V acc = {};
             for (int64_t e = fy.start[j]; e < fy.start[j + 1]; ++e) {
-              const A w = fy.weight[e];
-              const A* t = rows.data() + (fy.bin[e] * nx + i) * cb + c;
-              for (int64_t v = 0; v < kV; ++v) acc[v] += w * t[v];
+              V t;
+              LoadLanes<A>(rows.data() + (fy.bin[e] * nx + i) * cb + c, &t);
+              acc += (V{} + fy.weight[e]) * t;
             }
-            for (int64_t v = 0; v < kV; ++v) d[c + v] += acc[v];
+            V dv;
+            LoadLanes<A>(d + c, &dv);
+            dv += acc;
+            std::memcpy(d + c, &dv, sizeof dv);
           }
           for (; c < cb; ++c) {
             A acc = A(0);
