@@ -24,7 +24,9 @@ inline ffi::Error CudaStatus(const std::string& op, cudaError_t launched) {
                         cudaGetErrorString(e));
 }
 
-// Float32 scratch from XLA's allocator (never a private cudaMalloc); null when bytes is 0.
+// Scratch from XLA's allocator (never a private cudaMalloc); null when bytes is 0. The
+// backward takes it for float32 accumulation of 16-bit gradients (atomic) or for the roi
+// footprints and tile masks (deterministic).
 inline ffi::Error AllocateScratch(const std::string& op, ffi::ScratchAllocator& scratch,
                                   size_t bytes, void** out) {
   *out = nullptr;
@@ -33,7 +35,7 @@ inline ffi::Error AllocateScratch(const std::string& op, ffi::ScratchAllocator& 
   if (!data.has_value()) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
                       "jax_roi " + op + ": cannot allocate " + std::to_string(bytes) +
-                          " bytes of float32 scratch for the 16-bit backward");
+                          " bytes of scratch for the backward");
   }
   *out = *data;
   return ffi::Error::Success();

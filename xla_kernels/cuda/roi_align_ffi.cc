@@ -123,8 +123,9 @@ namespace ffi = xla::ffi;
       .Attr<bool>("channels_last")
 
 // Forward handlers allocate nothing and never synchronise: safe inside CUDA graphs. The
-// backward handlers may take scratch from XLA's allocator (16-bit atomic backward), whose
-// address would not outlive a graph capture, so they are not marked.
+// backward handlers may take scratch from XLA's allocator (16-bit atomic backward, and the
+// deterministic backward's roi lists), whose address would not outlive a graph capture, so
+// they are not marked.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiAlignAvgFwdCuda, jax_roi::cuda::RoiAlignAvgFwdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()

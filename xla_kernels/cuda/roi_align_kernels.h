@@ -37,8 +37,9 @@ cudaError_t LaunchRoiAlignMaxBwd(cudaStream_t stream, ElementType type, const vo
                                  void* scratch, const RoiShape& s, const RoiParams& prm,
                                  bool deterministic);
 
-// Float32 scratch bytes a backward launch needs (0 for 32/64-bit types and for the
-// deterministic backward). Shared by all three backward ops.
+// Scratch bytes a backward launch needs: float32 accumulators for a 16-bit atomic
+// backward (0 for 32/64-bit types), the roi footprints and tile masks for the deterministic
+// one (0 when K = 0; SIZE_MAX when it cannot fit). Shared by all three backward ops.
 size_t RoiBackwardScratchBytes(ElementType type, const RoiShape& s, bool deterministic);
 
 }  // namespace cuda

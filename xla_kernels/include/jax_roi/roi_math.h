@@ -304,6 +304,40 @@ JAX_ROI_HD bool BinWeightAt(const AlignAxis<A>& axis, int64_t p, int64_t y, int6
   return run.lo < run.hi;
 }
 
+// Pixel range [begin, end) along one axis; empty when begin >= end.
+struct PixelRange {
+  int64_t begin, end;
+};
+
+// The pixels of one axis that any inside sample of any bin can reach with either tap: its
+// footprint, as used by the deterministic backward to skip the rois that cannot reach a
+// pixel. Sample positions are monotone in the bin and in the sample index together (see
+// above), so the extreme samples are those of (bin 0, sample 0) and (bin pooled-1, sample
+// grid-1), and TapKey is monotone, so the taps of all inside samples lie between the lower
+// tap of the lowest inside sample and the upper tap of the highest. Where an extreme sample
+// is outside the map the range runs to the map's edge instead: never too small, and exact
+// whenever both extreme samples are inside. Empty when the grid is empty or every sample
+// lies on one side of the map.
+template <typename A>
+JAX_ROI_HD PixelRange AlignFootprint(const AlignAxis<A>& axis, int64_t pooled, int64_t size) {
+  PixelRange r{0, 0};
+  if (axis.grid <= 0 || pooled <= 0) return r;
+  const A a = SampleCoord(axis, 0, 0);
+  const A b = SampleCoord(axis, pooled - 1, axis.grid - 1);
+  if (!(a == a) || !(b == b)) {  // unreachable for a finite axis; stay conservative
+    r.end = size;
+    return r;
+  }
+  const int64_t ka = TapKey(a, size), kb = TapKey(b, size);
+  const int64_t lo = ka < kb ? ka : kb, hi = ka < kb ? kb : ka;
+  if (hi == -2 || lo == size) return r;  // all below -1, or all beyond size
+  r.begin = lo < 0 ? 0 : lo;
+  // The upper tap of key hi is hi + 1, clamped to the last pixel (key size: an inside
+  // sample may still reach it).
+  r.end = hi >= size - 1 ? size : hi + 2;
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------
 // roi_pool
 // ---------------------------------------------------------------------------------------
@@ -337,10 +371,6 @@ JAX_ROI_HD PoolAxis<A> RoiPoolAxis(A lo, A hi, A scale, int64_t pooled) {
 }
 
 // Pixel range [begin, end) of bin p, clipped to [0, size]; empty when begin >= end.
-struct PixelRange {
-  int64_t begin, end;
-};
-
 template <typename A>
 JAX_ROI_HD int64_t ClipToIndex(A v, int64_t size) {
   if (!(v > A(0))) return 0;
@@ -386,6 +416,22 @@ JAX_ROI_HD BinRange PoolBinsContaining(const PoolAxis<A>& axis, int64_t pooled, 
   r.begin = FirstTrue(0, pooled, [&](int64_t p) { return PoolBin(axis, p, size).end > y; });
   r.end = FirstTrue(r.begin, pooled,
                     [&](int64_t p) { return PoolBin(axis, p, size).begin > y; });
+  return r;
+}
+
+// The pixels of one axis that any bin of the roi covers (its footprint; see AlignFootprint):
+// both ends of PoolBin rise with the bin index, so the bins lie between the start of the
+// first and the end of the last. Empty when every bin is clipped away.
+template <typename A>
+JAX_ROI_HD PixelRange PoolFootprint(const PoolAxis<A>& axis, int64_t pooled, int64_t size) {
+  PixelRange r{0, 0};
+  if (pooled <= 0) return r;
+  const int64_t begin = PoolBin(axis, 0, size).begin;
+  const int64_t end = PoolBin(axis, pooled - 1, size).end;
+  if (begin < end) {
+    r.begin = begin;
+    r.end = end;
+  }
   return r;
 }
 
