@@ -41,10 +41,10 @@ SCALE = 0.25
 RATIO = 2
 
 
-def make_inputs(n, c, h, w, k, seed=0):
+def make_inputs(n, c, h, w, k, seed=0, scale=SCALE):
     rng = np.random.default_rng(seed)
     feats = rng.standard_normal((n, c, h, w), dtype=np.float32)
-    img_h, img_w = h / SCALE, w / SCALE
+    img_h, img_w = h / scale, w / scale
     # Proposal-like boxes: sizes from 16 px to half the image, anywhere in the image.
     bw = np.exp(rng.uniform(np.log(16), np.log(img_w / 2), k))
     bh = np.exp(rng.uniform(np.log(16), np.log(img_h / 2), k))

@@ -31,24 +31,14 @@ from functools import partial
 
 import numpy as np
 
+from cpu import make_inputs  # the same proposal-like boxes as the CPU benchmark
+
 # Peak HBM bandwidth by device kind (GB/s), vendor figures.
 PEAK_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L40S": 864.0, "A10": 600.0}
 
 BOX = dict(n=2, c=256, h=200, w=336, k=1024, p=7, scale=0.25)
 MASK = dict(n=2, c=256, h=200, w=336, k=256, p=14, scale=0.25)
 FPN = [(200, 336, 0.25), (100, 168, 0.125), (50, 84, 0.0625), (25, 42, 0.03125)]
-
-
-def make_inputs(n, c, h, w, k, scale, seed=0):
-    rng = np.random.default_rng(seed)
-    feats = rng.standard_normal((n, c, h, w), dtype=np.float32)
-    img_h, img_w = h / scale, w / scale
-    bw = np.exp(rng.uniform(np.log(16), np.log(img_w / 2), k))
-    bh = np.exp(rng.uniform(np.log(16), np.log(img_h / 2), k))
-    x1 = rng.uniform(0, img_w - bw)
-    y1 = rng.uniform(0, img_h - bh)
-    rois = np.stack([rng.integers(0, n, k), x1, y1, x1 + bw, y1 + bh], 1).astype(np.float32)
-    return feats, rois
 
 
 def touched_pixels(rois, n, h, w, scale):
@@ -179,7 +169,7 @@ def main():
         if args.max_cases is not None and i >= args.max_cases:
             break
         n, c = BOX["n"], BOX["c"]
-        feats, rois = make_inputs(n, c, h, w, k, scale)
+        feats, rois = make_inputs(n, c, h, w, k, scale=scale)
         touched = touched_pixels(rois, n, h, w, scale)
         for dtype in ("float32", "float16"):
             esize = np.dtype(dtype).itemsize
