@@ -5,6 +5,7 @@
 // and a fixed summation order: bitwise-deterministic results for any thread count.
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "cpu_common.h"
@@ -145,104 +146,240 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
   }
 }
 
-// The avg backward of one roi is separable like its forward:
-//   dF[y, x, c] += sum_p Wy[p](y) * (sum_q Wx[q](x) * g[p, q, c])
-// so it runs in two passes: the inner sums per (bin row, x pixel) into a small buffer, then
-// one update per footprint pixel (y, x). Neighbouring bins share pixels, so this is several
-// times fewer read-modify-writes of the gradient than one per (bin, tap).
-template <typename T, bool kCL>
-JAX_ROI_CPU_KERNEL void AlignAvgBwdTask(const T* grad, const typename Accum<T>::type* rois, T* dfeat,
-                     const RoiShape& s, const AlignParams& prm, int64_t n, int64_t c0,
-                     int64_t cb) {
-  using A = typename Accum<T>::type;
-  GradTarget<T, A, kCL> target(dfeat, s, n, c0, cb);
-  AxisTaps<A> ty, tx;
+// The avg backward's geometry of one roi, built once per call and read by every band task
+// that the roi reaches: the rows and columns it touches, each with the (bin, weight) pairs
+// that reach it; the row weights carry the mean's 1/count.
+template <typename A>
+struct AvgBwdRoi {
   AxisFootprint<A> fy, fx;
-  std::vector<A> rows;  // NHWC [PH, nx, cb]; NCHW [cb, PH, nx]
-  for (int64_t k = 0; k < s.k; ++k) {
-    if (RoiBatchIndex(rois + 5 * k, s.n) != n) continue;
-    const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
-    if (!roi.ok) continue;
-    ty.Build(roi.y, s.ph, s.h, AlignSampleCount(roi));  // the mean's 1/count, once per row weight
-    tx.Build(roi.x, s.pw, s.w);
-    fy.Build(ty, s.ph);
-    fx.Build(tx, s.pw);
-    const int64_t nx = fx.size(), ny = fy.size();
-    if (nx == 0 || ny == 0) continue;
-    rows.assign(static_cast<size_t>(s.ph * nx * cb), A(0));
-    if (kCL) {
-      for (int64_t p = 0; p < s.ph; ++p)
-        for (int64_t i = 0; i < nx; ++i) {
-          A* t = rows.data() + (p * nx + i) * cb;
-          for (int64_t e = fx.start[i]; e < fx.start[i + 1]; ++e) {
-            const A w = fx.weight[e];
-            const T* g = grad + PooledIndex<kCL>(s, k, c0, p, fx.bin[e]);
-            for (int64_t c = 0; c < cb; ++c) t[c] += w * Load<A>(g[c]);
-          }
-        }
-      using V = typename Lanes<A>::type;
-      constexpr int64_t kV = Lanes<A>::kCount;
-      for (int64_t j = 0; j < ny; ++j) {
-        for (int64_t i = 0; i < nx; ++i) {
-          A* d = target.At(0, fy.pixel[j], fx.pixel[i]);
-          int64_t c = 0;
-          for (; c + kV <= cb; c += kV) {
-            V acc = {};
-            for (int64_t e = fy.start[j]; e < fy.start[j + 1]; ++e) {
-              V t;
-              LoadLanes<A>(rows.data() + (fy.bin[e] * nx + i) * cb + c, &t);
-              acc += (V{} + fy.weight[e]) * t;
-            }
-            V dv;
-            LoadLanes<A>(d + c, &dv);
-            dv += acc;
-            std::memcpy(d + c, &dv, sizeof dv);
-          }
-          for (; c < cb; ++c) {
-            A acc = A(0);
-            for (int64_t e = fy.start[j]; e < fy.start[j + 1]; ++e)
-              acc += fy.weight[e] * rows[(fy.bin[e] * nx + i) * cb + c];
-            d[c] += acc;
-          }
-        }
-      }
+};
+
+// Which rows of which image one roi reaches: the band tasks scan these (24 bytes per roi)
+// rather than the footprints themselves.
+struct RowSpan {
+  int64_t n = -1;  // -1: the roi adds nothing
+  int64_t lo = 0, hi = 0;
+};
+
+template <typename A>
+struct AvgBwdTable {
+  std::vector<AvgBwdRoi<A>> roi;
+  std::vector<RowSpan> span;
+  // NCHW only: the incoming gradient as [K, PH, PW, C] (rois that add nothing are left
+  // unset), so that both layouts run the same channels-innermost loop.
+  std::unique_ptr<A[]> grad_cl;
+};
+
+template <typename A>
+void BuildAvgBwdRoi(const A* rois, int64_t k, const RoiShape& s, const AlignParams& prm,
+                    AvgBwdTable<A>* table) {
+  RowSpan& span = table->span[k];
+  span = RowSpan{};
+  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
+  if (!roi.ok) return;
+  thread_local AxisTaps<A> ty, tx;
+  ty.Build(roi.y, s.ph, s.h, AlignSampleCount(roi));
+  tx.Build(roi.x, s.pw, s.w);
+  AvgBwdRoi<A>& r = table->roi[k];
+  r.fy.Build(ty, s.ph);
+  r.fx.Build(tx, s.pw);
+  if (r.fy.size() == 0 || r.fx.size() == 0) return;
+  span = RowSpan{roi.n, r.fy.pixel.front(), r.fy.pixel.back() + 1};
+}
+
+// Copies roi k's gradient [C, PH, PW] to [PH, PW, C] in blocks of 8 channels (contiguous
+// 8-element stores; the roi's 49 x 8 source elements stay in L1).
+template <typename T, typename A>
+void TransposeRoiGrad(const T* grad, int64_t k, const RoiShape& s, A* out) {
+  const int64_t bins = s.ph * s.pw;
+  const T* g = grad + k * s.c * bins;
+  A* o = out + k * s.c * bins;
+  int64_t c = 0;
+  for (; c + 8 <= s.c; c += 8)
+    for (int64_t i = 0; i < bins; ++i)
+      for (int64_t j = 0; j < 8; ++j) o[i * s.c + c + j] = Load<A>(g[(c + j) * bins + i]);
+  for (; c < s.c; ++c)
+    for (int64_t i = 0; i < bins; ++i) o[i * s.c + c] = Load<A>(g[c * bins + i]);
+}
+
+// 8 x 8 float transpose in registers: r[i][j] becomes r[j][i] (unpack, then 64-bit, then
+// 128-bit interleaves).
+typedef float Float8 __attribute__((vector_size(32)));
+typedef int32_t Int8 __attribute__((vector_size(32)));
+__attribute__((always_inline)) inline void Transpose8x8(Float8* r) {
+  const Int8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const Int8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const Int8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  Float8 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+  }
+}
+
+// Backward tasks: (image, band of rows, channel block), each band's gradient about 512 KiB of
+// accumulators (L2), so that the read-modify-writes of overlapping rois hit cache and the
+// output is written to memory once. A band holds every channel when a row of them fits
+// (NHWC: the band is then one contiguous piece of the output), else 64.
+struct BandPlan {
+  int64_t rows, bands, cb, blocks;
+};
+
+inline BandPlan PlanBands(const RoiShape& s, int64_t accum_bytes) {
+  constexpr int64_t kBudget = int64_t{1} << 19;
+  const int64_t pixel = std::max<int64_t>(1, s.w) * accum_bytes;
+  const int64_t cb = std::max<int64_t>(1, s.c * pixel <= kBudget ? s.c : std::min<int64_t>(s.c, 64));
+  const int64_t rows = std::max<int64_t>(1, std::min(s.h, kBudget / (pixel * cb)));
+  return BandPlan{rows, CeilDiv(s.h, rows), cb, CeilDiv(s.c, cb)};
+}
+
+// The gradient of one band task (image n, rows [y0, y1), channels [c0, c0 + cb)), always
+// channels-last so that a pixel's channels are one vector run whatever the layout. It is the
+// output itself where that is one contiguous piece of it (NHWC with every channel, T its own
+// accumulator); otherwise a [rows, W, cb] buffer that Finish rounds (16-bit) and, for NCHW,
+// transposes into the output once.
+template <typename T, typename A, bool kCL>
+struct BandGradient {
+  BandGradient(T* out, const RoiShape& s, int64_t n, int64_t y0, int64_t y1, int64_t c0,
+               int64_t cb)
+      : out_(out), s_(s), n_(n), y0_(y0), y1_(y1), c0_(c0), cb_(cb),
+        direct_(kCL && std::is_same<T, A>::value && cb == s.c) {
+    const size_t size = static_cast<size_t>((y1 - y0) * s.w * cb);
+    if (direct_) {
+      base_ = reinterpret_cast<A*>(out) + (n * s.h + y0) * s.w * s.c;
+      std::fill(base_, base_ + size, A(0));
     } else {
-      for (int64_t c = 0; c < cb; ++c) {
-        const T* g = grad + PooledIndex<kCL>(s, k, c0 + c, 0, 0);
-        A* t = rows.data() + c * s.ph * nx;
-        for (int64_t p = 0; p < s.ph; ++p)
-          for (int64_t i = 0; i < nx; ++i) {
-            A acc = A(0);
-            for (int64_t e = fx.start[i]; e < fx.start[i + 1]; ++e)
-              acc += fx.weight[e] * Load<A>(g[p * s.pw + fx.bin[e]]);
-            t[p * nx + i] = acc;
-          }
-      }
-      // Contiguous footprints (the usual case) update whole row segments: vectorisable.
-      auto update = [&](auto contiguous) {
-        constexpr bool kContiguous = decltype(contiguous)::value;
-        for (int64_t c = 0; c < cb; ++c) {
-          const A* t = rows.data() + c * s.ph * nx;
-          for (int64_t j = 0; j < ny; ++j) {
-            A* d = target.At(c, fy.pixel[j], 0);
-            if (kContiguous) d += fx.pixel[0];
-            for (int64_t e = fy.start[j]; e < fy.start[j + 1]; ++e) {
-              const A w = fy.weight[e];
-              const A* tr = t + fy.bin[e] * nx;
-              if (kContiguous) {
-                for (int64_t i = 0; i < nx; ++i) d[i] += w * tr[i];
-              } else {
-                for (int64_t i = 0; i < nx; ++i) d[fx.pixel[i]] += w * tr[i];
-              }
-            }
-          }
-        }
-      };
-      if (fx.contiguous) update(std::true_type{});
-      else update(std::false_type{});
+      thread_local std::vector<A> scratch;
+      scratch.assign(size, A(0));
+      base_ = scratch.data();
     }
   }
-  target.Finish();
+
+  // The cb accumulators of pixel (y, x).
+  A* At(int64_t y, int64_t x) const { return base_ + ((y - y0_) * s_.w + x) * cb_; }
+
+  void Finish() const {
+    if (direct_) return;
+    if (kCL) {
+      for (int64_t y = y0_; y < y1_; ++y)
+        for (int64_t x = 0; x < s_.w; ++x) {
+          T* o = out_ + ((n_ * s_.h + y) * s_.w + x) * s_.c + c0_;
+          const A* b = At(y, x);
+          for (int64_t c = 0; c < cb_; ++c) o[c] = Store<T>(b[c]);
+        }
+      return;
+    }
+    // The band's piece of every plane is cleared first: memset writes whole cache lines
+    // without reading them from memory, and the transposed stores that follow then hit
+    // cache instead of each fetching its line (measured: the transpose was stalled on
+    // those fetches for most of its time).
+    for (int64_t c = 0; c < cb_; ++c)
+      std::memset(out_ + ((n_ * s_.c + c0_ + c) * s_.h + y0_) * s_.w, 0,
+                  sizeof(T) * (y1_ - y0_) * s_.w);
+    for (int64_t y = y0_; y < y1_; ++y) {
+      const A* b = At(y, 0);
+      T* o = out_ + ((n_ * s_.c + c0_) * s_.h + y) * s_.w;  // channel c: o + c * H * W
+      const int64_t plane = s_.h * s_.w;
+      int64_t x = 0, c = 0;
+      if (std::is_same<T, float>::value && std::is_same<A, float>::value) {
+        for (; x + 8 <= s_.w; x += 8) {
+          for (c = 0; c + 8 <= cb_; c += 8) {
+            Float8 r[8];
+            for (int i = 0; i < 8; ++i) std::memcpy(&r[i], b + (x + i) * cb_ + c, sizeof r[i]);
+            Transpose8x8(r);
+            for (int i = 0; i < 8; ++i) std::memcpy(o + (c + i) * plane + x, &r[i], sizeof r[i]);
+          }
+          for (; c < cb_; ++c)
+            for (int64_t i = x; i < x + 8; ++i) o[c * plane + i] = Store<T>(b[i * cb_ + c]);
+        }
+      }
+      for (c = 0; c < cb_; ++c)
+        for (int64_t i = x; i < s_.w; ++i) o[c * plane + i] = Store<T>(b[i * cb_ + c]);
+    }
+  }
+
+ private:
+  T* out_;
+  RoiShape s_;
+  int64_t n_, y0_, y1_, c0_, cb_;
+  bool direct_;
+  A* base_;
+};
+
+// The avg backward is separable like its forward:
+//   dF[y, x, c] += sum_(p, q) Wy[p](y) * Wx[q](x) * g[p, q, c]
+// over the few (bin row, bin column) pairs that reach the pixel; a pixel's channels sum their
+// pairs in registers before one update of the band (NCHW reads the channels-last copy of g
+// and accumulates channels-last too; its band is transposed once at the end). Every gradient element is written by one task, the rois in index
+// order: the same bits for any number of threads.
+template <typename T, bool kCL>
+JAX_ROI_CPU_KERNEL void AlignAvgBwdBandTask(const T* grad,
+                                            const AvgBwdTable<typename Accum<T>::type>& table,
+                                            T* dfeat, const RoiShape& s, int64_t n, int64_t y0,
+                                            int64_t y1, int64_t c0, int64_t cb) {
+  using A = typename Accum<T>::type;
+  using V = typename Lanes<A>::type;
+  constexpr int64_t kL = Lanes<A>::kCount, kV = 2 * kL;
+  BandGradient<T, A, kCL> band(dfeat, s, n, y0, y1, c0, cb);
+  thread_local std::vector<std::pair<int64_t, A>> pairs;  // (offset of g[p, q, 0], weight)
+  // Sums sum_pairs w * g[pair + c] into d[c] for c in [0, cb); G is T (NHWC) or A (NCHW).
+  auto accumulate = [&](const auto* g, A* d) {
+    int64_t c = 0;
+    for (; c + kV <= cb; c += kV) {
+      V acc0 = {}, acc1 = {};
+      for (const auto& pw : pairs) {
+        const V w = V{} + pw.second;
+        V x0, x1;
+        LoadLanes<A>(g + pw.first + c, &x0);
+        LoadLanes<A>(g + pw.first + c + kL, &x1);
+        acc0 += w * x0;
+        acc1 += w * x1;
+      }
+      V d0, d1;
+      LoadLanes<A>(d + c, &d0);
+      LoadLanes<A>(d + c + kL, &d1);
+      d0 += acc0;
+      d1 += acc1;
+      std::memcpy(d + c, &d0, sizeof d0);
+      std::memcpy(d + c + kL, &d1, sizeof d1);
+    }
+    for (; c < cb; ++c) {
+      A acc = A(0);
+      for (const auto& pw : pairs) acc += pw.second * Load<A>(g[pw.first + c]);
+      d[c] += acc;
+    }
+  };
+  for (int64_t k = 0; k < s.k; ++k) {
+    const RowSpan span = table.span[k];
+    if (span.n != n || span.hi <= y0 || span.lo >= y1) continue;
+    const AxisFootprint<A>& fy = table.roi[k].fy;
+    const AxisFootprint<A>& fx = table.roi[k].fx;
+    const int64_t j0 = std::lower_bound(fy.pixel.begin(), fy.pixel.end(), y0) - fy.pixel.begin();
+    const int64_t j1 = std::lower_bound(fy.pixel.begin(), fy.pixel.end(), y1) - fy.pixel.begin();
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t i = 0; i < fx.size(); ++i) {
+        pairs.clear();
+        for (int64_t e = fy.start[j]; e < fy.start[j + 1]; ++e)
+          for (int64_t f = fx.start[i]; f < fx.start[i + 1]; ++f)
+            pairs.emplace_back(PooledIndex<true>(s, k, c0, fy.bin[e], fx.bin[f]),
+                               fy.weight[e] * fx.weight[f]);
+        A* d = band.At(fy.pixel[j], fx.pixel[i]);
+        if (kCL) accumulate(grad, d);
+        else accumulate(table.grad_cl.get(), d);
+      }
+    }
+  }
+  band.Finish();
 }
 
 // ----------------------------------------------------------------------------------------
@@ -453,10 +590,32 @@ ffi::Future RoiAlignAvgBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    return RunPerImage(pool, s, sizeof(A), 16, [=](int64_t n, int64_t c0, int64_t cb) {
-      if (s.channels_last) AlignAvgBwdTask<T, true>(g, r, d, s, prm, n, c0, cb);
-      else AlignAvgBwdTask<T, false>(g, r, d, s, prm, n, c0, cb);
-    });
+    PreferHugePages(d, dfeat->size_bytes());
+    const BandPlan plan = PlanBands(s, sizeof(A));
+    auto table = std::make_shared<AvgBwdTable<A>>();
+    table->roi.resize(s.k);
+    table->span.resize(s.k);
+    const size_t pooled = static_cast<size_t>(s.k * s.c * s.ph * s.pw);
+    if (!s.channels_last && pooled > 0) {
+      table->grad_cl.reset(new A[pooled]);
+      PreferHugePages(table->grad_cl.get(), pooled * sizeof(A));
+    }
+    return ParallelForAfter(
+        pool, s.k,
+        [=](int64_t k) {
+          BuildAvgBwdRoi<A>(r, k, s, prm, table.get());
+          if (table->grad_cl && table->span[k].n >= 0)
+            TransposeRoiGrad(g, k, s, table->grad_cl.get());
+        },
+        s.n * plan.blocks * plan.bands, s.n * s.c * s.h * s.w + s.k * s.c * s.ph * s.pw * 16,
+        [=](int64_t t) {
+          const int64_t n = t / (plan.blocks * plan.bands);
+          const int64_t c0 = t / plan.bands % plan.blocks * plan.cb;
+          const int64_t y0 = t % plan.bands * plan.rows;
+          const int64_t y1 = std::min(s.h, y0 + plan.rows), cb = std::min(plan.cb, s.c - c0);
+          if (s.channels_last) AlignAvgBwdBandTask<T, true>(g, *table, d, s, n, y0, y1, c0, cb);
+          else AlignAvgBwdBandTask<T, false>(g, *table, d, s, n, y0, y1, c0, cb);
+        });
   });
 }
 
@@ -508,6 +667,7 @@ ffi::Future RoiAlignMaxBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
+    PreferHugePages(d, dfeat->size_bytes());
     return RunPerImage(pool, s, sizeof(A), 16, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxBwdTask<T, true>(g, r, am, d, s, prm, n, c0, cb);
       else AlignMaxBwdTask<T, false>(g, r, am, d, s, prm, n, c0, cb);

@@ -152,6 +152,7 @@ ffi::Future RoiPoolBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBu
     const T* g = reinterpret_cast<const T*>(grad.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* d = reinterpret_cast<T*>(dfeat->untyped_data());
+    PreferHugePages(d, dfeat->size_bytes());
     return RunPerImage(pool, s, sizeof(A), 1, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) PoolBwdTask<T, true>(g, r, am, d, s, n, c0, cb);
       else PoolBwdTask<T, false>(g, r, am, d, s, n, c0, cb);
