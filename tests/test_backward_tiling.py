@@ -1,11 +1,12 @@
-"""The CPU roi_align avg backward on maps big enough to split into tasks.
+"""The CPU roi_align avg kernels on maps big enough to split into tasks.
 
 The kernel cuts the gradient into bands of rows and blocks of channels, each about 512 KiB
 of accumulators (see PlanBands in xla_kernels/cpu/roi_align_cpu.cc); the parity suite's small
 maps fit in one band. These shapes force several bands, several channel blocks with a ragged
 last one (not a multiple of 8), a width that is not a multiple of 8 (the NCHW transpose's
 tails), and rois that cross band edges, hang off the map, or are reversed, against the
-float64 oracle.
+float64 oracle. The forward is checked on the same inputs: its NHWC tasks take blocks of
+up to 256 channels, which the last shape makes ragged.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import (DTYPE_IDS, DTYPES, LAYOUTS, lib_vjp, oracle_grad, random_features,
-                      random_rois, rng_for, to_dtype, tol)
+from conftest import (DTYPE_IDS, DTYPES, LAYOUTS, lib_vjp, oracle_fwd, oracle_grad,
+                      random_features, random_rois, rng_for, to_dtype, tol)
 
 SHAPES = [  # N, C, H, W: what the plan makes of it (float32 accumulators)
     pytest.param((2, 130, 9, 1100), id="blocks-64-64-2_band-1-row"),  # C*W*4 > 512 KiB
     pytest.param((2, 16, 400, 50), id="all-channels_bands-of-163-rows"),
+    pytest.param((2, 300, 12, 9), id="forward-blocks-256-44"),
 ]
 
 
@@ -37,7 +39,8 @@ def test_tiled_backward_matches_oracle(shape, dtype, layout):
     out_shape = (12, c, 3, 4) if layout == "NCHW" else (12, 3, 4, c)
     g = to_dtype(rng.standard_normal(out_shape), dtype)
     op = kw.pop("op")
-    _, gx = lib_vjp(op, x, rois, g, **kw)
+    out, gx = lib_vjp(op, x, rois, g, **kw)
+    expected_out = oracle_fwd(op, x, rois, **kw)
     expected = oracle_grad(op, x, rois, g, **kw)
     # The geometry is computed in float32 (the oracle: float64): a sample position off by
     # |coordinate| * eps moves its bilinear weights by as much, which on a map 1100 pixels
@@ -45,4 +48,8 @@ def test_tiled_backward_matches_oracle(shape, dtype, layout):
     scale = max(1.0, float(np.max(np.abs(expected))))
     geometry = 4 * max(h, w) * float(np.finfo(np.float32).eps) * scale
     np.testing.assert_allclose(np.asarray(gx, np.float64), expected, rtol=0,
+                               atol=tol(dtype) * scale + geometry, err_msg=f"{shape} {layout}")
+    scale = max(1.0, float(np.max(np.abs(expected_out))))
+    geometry = 4 * max(h, w) * float(np.finfo(np.float32).eps) * scale
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected_out, rtol=0,
                                atol=tol(dtype) * scale + geometry, err_msg=f"{shape} {layout}")

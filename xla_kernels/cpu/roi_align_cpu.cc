@@ -34,6 +34,8 @@ AlignRoiGeometry<A> RoiAt(const A* rois, int64_t k, const RoiShape& s, const Ali
 // avg
 // ----------------------------------------------------------------------------------------
 
+constexpr int64_t kAvgFwdNhwcBlock = 256;
+
 template <typename T, bool kCL>
 JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
                      const RoiShape& s, const AlignParams& prm, int64_t k, int64_t c0,
@@ -238,7 +240,8 @@ struct BandPlan {
 inline BandPlan PlanBands(const RoiShape& s, int64_t accum_bytes) {
   constexpr int64_t kBudget = int64_t{1} << 19;
   const int64_t pixel = std::max<int64_t>(1, s.w) * accum_bytes;
-  const int64_t cb = std::max<int64_t>(1, s.c * pixel <= kBudget ? s.c : std::min<int64_t>(s.c, 64));
+  const int64_t cb =
+      std::max<int64_t>(1, s.c * pixel <= kBudget ? s.c : std::min<int64_t>(s.c, 64));
   const int64_t rows = std::max<int64_t>(1, std::min(s.h, kBudget / (pixel * cb)));
   return BandPlan{rows, CeilDiv(s.h, rows), cb, CeilDiv(s.c, cb)};
 }
@@ -320,8 +323,9 @@ struct BandGradient {
 //   dF[y, x, c] += sum_(p, q) Wy[p](y) * Wx[q](x) * g[p, q, c]
 // over the few (bin row, bin column) pairs that reach the pixel; a pixel's channels sum their
 // pairs in registers before one update of the band (NCHW reads the channels-last copy of g
-// and accumulates channels-last too; its band is transposed once at the end). Every gradient element is written by one task, the rois in index
-// order: the same bits for any number of threads.
+// and accumulates channels-last too; its band is transposed once at the end). Every gradient
+// element is written by one task, the rois in index order: the same bits for any number of
+// threads.
 template <typename T, bool kCL>
 JAX_ROI_CPU_KERNEL void AlignAvgBwdBandTask(const T* grad,
                                             const AvgBwdTable<typename Accum<T>::type>& table,
@@ -568,7 +572,7 @@ ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
     return RunPerRoi(pool, s, sizeof(T), 16, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignAvgFwdTask<T, true>(f, r, o, s, prm, k, c0, cb);
       else AlignAvgFwdTask<T, false>(f, r, o, s, prm, k, c0, cb);
-    });
+    }, kAvgFwdNhwcBlock);
   });
 }
 
