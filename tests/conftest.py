@@ -38,6 +38,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 import jax_roi  # noqa: E402
 import oracle  # noqa: E402
@@ -65,6 +66,28 @@ def pytest_configure(config):
 # ---------------------------------------------------------------------------------------
 # dtypes and tolerances
 # ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def on_cpu():
+    """Run the test on the CPU device where a GPU is the default (`JAX_PLATFORMS=cuda,cpu`).
+
+    For tests of the CPU kernels themselves, or of what XLA:CPU does to the pure-JAX code
+    (IEEE division, no FMA contraction): XLA:GPU rewrites both, and runs the CUDA kernels.
+    """
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
+def assert_same_run(actual, expected, what=""):
+    """Two runs of the same computation agree: bit for bit where the backward is
+    deterministic (CPU), within float32 reordering where a GPU default backward sums with
+    atomics in a varying order."""
+    actual, expected = as_f64(actual), as_f64(expected)
+    if jax.default_backend() == "gpu":
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5, err_msg=what)
+    else:
+        np.testing.assert_array_equal(actual, expected, err_msg=what)
+
 
 def np_dtype(dtype) -> np.dtype:
     return np.dtype(jnp.dtype(dtype))

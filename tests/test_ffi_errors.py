@@ -14,6 +14,9 @@ POOL = dict(pooled_h=np.int64(2), pooled_w=np.int64(2), spatial_scale=np.float64
 F = np.zeros((1, 2, 4, 4), np.float32)
 R = np.zeros((3, 5), np.float32)
 
+# The CPU handlers' checks (the CUDA targets take other attributes).
+pytestmark = pytest.mark.usefixtures("on_cpu")
+
 
 def _call(target, out, *args, **attrs):
     return jax.block_until_ready(jax.ffi.ffi_call(target, out)(*args, **attrs))

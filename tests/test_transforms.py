@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import jax_roi
-from conftest import (INF, LAYOUTS, NAN, OP_IDS, OPS, as_f64, assert_close, lib_op, op_kwargs,
-                      oracle_fwd, oracle_grad, random_features, random_rois, rng_for)
+from conftest import (INF, LAYOUTS, NAN, OP_IDS, OPS, as_f64, assert_close, assert_same_run,
+                      lib_op, op_kwargs, oracle_fwd, oracle_grad, random_features, random_rois, rng_for)
 
 N, C, H, W = 2, 3, 7, 6
 V = 3  # vmapped size
@@ -224,7 +224,7 @@ def test_lower_and_compile(op, mode):
     np.testing.assert_array_equal(as_f64(compiled(x, rois)), as_f64(f(x, rois)))
     g = jax.grad(lambda a, b: jnp.sum(f(a, b)))
     compiled_g = jax.jit(g).lower(x, rois).compile()
-    np.testing.assert_array_equal(as_f64(compiled_g(x, rois)), as_f64(jax.jit(g)(x, rois)))
+    assert_same_run(compiled_g(x, rois), jax.jit(g)(x, rois))
     text = jax.jit(f).lower(x, rois).as_text()
     assert _custom_calls(text) == [FWD_TARGET[OP_IDS[OPS.index((op, mode))]]]
 
@@ -276,6 +276,7 @@ REF_CASES = [
 ]
 
 
+@pytest.mark.usefixtures("on_cpu")  # runs the exported TPU lowering on the CPU
 @pytest.mark.parametrize("op,mode,layout,dtype,names", REF_CASES)
 def test_pure_jax_lowering_matches_kernels(op, mode, layout, dtype, names):
     rng = rng_for("ref", op, mode, layout)

@@ -26,12 +26,15 @@ inline ffi::Error CudaStatus(const std::string& op, cudaError_t launched) {
 
 // Scratch from XLA's allocator (never a private cudaMalloc); null when bytes is 0. The
 // backward takes it for float32 accumulation of 16-bit gradients (atomic) or for the roi
-// footprints and tile masks (deterministic).
+// footprints and tile masks (deterministic). XLA refuses any alignment above 16 bytes
+// (InvalidArgument, which the FFI wrapper reports as a plain failure); its device allocator
+// hands out 256-byte aligned blocks anyway, and every sub-array carved from the scratch is
+// placed at a multiple of 16 bytes.
 inline ffi::Error AllocateScratch(const std::string& op, ffi::ScratchAllocator& scratch,
                                   size_t bytes, void** out) {
   *out = nullptr;
   if (bytes == 0) return ffi::Error::Success();
-  auto data = scratch.Allocate(bytes, 256);
+  auto data = scratch.Allocate(bytes, 16);
   if (!data.has_value()) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
                       "jax_roi " + op + ": cannot allocate " + std::to_string(bytes) +
