@@ -166,6 +166,8 @@ def main():
     parser.add_argument("--peak-gbs", type=float, default=None, help="peak memory GB/s")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     parser.add_argument("--max-cases", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--only", default=None,
+                        help="comma-separated case names to run (e.g. 'box,large')")
     args = parser.parse_args()
     reps = 3 if args.quick else 10
 
@@ -188,6 +190,8 @@ def main():
     for i, (name, op, n, h, w, k, p, scale, ratio) in enumerate(cases()):
         if args.max_cases is not None and i >= args.max_cases:
             break
+        if args.only is not None and name not in args.only.split(","):
+            continue
         c = BOX["c"]
         feats, rois = make_inputs(n, c, h, w, k, scale=scale)
         touched = touched_pixels(rois, n, h, w, scale)
