@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import (INF, LAYOUTS, NAN, OP_IDS, OPS, as_f64, assert_close, lib_op, lib_vjp,
-                      op_kwargs, oracle_fwd, oracle_grad, random_features, rng_for,
+                      nchw_to, op_kwargs, oracle_fwd, oracle_grad, random_features, rng_for,
                       valid_rows)
 
 pytestmark = pytest.mark.edge
@@ -348,3 +348,31 @@ def test_every_16bit_value_round_trips(dtype, layout):
     nan = np.isnan(as_float)
     np.testing.assert_array_equal(got[~nan], want[~nan])
     assert np.isnan(np.asarray(out.astype(jnp.float32)).reshape(-1)[nan]).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_finite_half_through_align_lanes(layout):
+    """Every finite float16 value through roi_align avg's 16-bit loads and stores, which the
+    CPU kernels do eight lanes at a time (19 channels: vector chunks plus a ragged tail): a
+    1x1 bin whose one sample sits on pixel (0, x) returns that pixel, and its backward with
+    those values as the cotangent gives them back (weights 1 and 0 only, so every step is
+    exact)."""
+    import jax_roi
+
+    finite = np.arange(65536, dtype=np.uint16).view(np.float16)
+    finite = finite[np.isfinite(finite)]
+    c = 19
+    w = -(-finite.size // c)
+    vals = np.zeros(c * w, np.float16)
+    vals[:finite.size] = finite
+    feats = vals.reshape(1, c, 1, w)  # NCHW: feats[0, :, 0, x] is column x
+    x = np.arange(w, dtype=np.float32)
+    rois = np.stack([np.zeros(w), x, np.zeros(w), x + 1, np.ones(w)], 1).astype(np.float32)
+    inp = nchw_to(layout, feats)
+    f = lambda v: jax_roi.roi_align(v, rois, 1, 1.0, 1, True, layout=layout)
+    out, back = jax.vjp(f, jnp.asarray(inp))
+    want = feats[0, :, 0, :].T  # [K = w, C]
+    got = np.asarray(out, np.float32).reshape(w, c)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    (grad,) = back(out)
+    np.testing.assert_array_equal(np.asarray(grad, np.float32), inp.astype(np.float32))

@@ -21,6 +21,7 @@
 #include "jax_roi/ffi_checks.h"
 #include "jax_roi/roi_math.h"
 #include "xla/ffi/api/ffi.h"
+#include "half_lanes.h"
 
 namespace jax_roi {
 namespace cpu {
@@ -428,15 +429,30 @@ struct Lanes {
   typedef A type __attribute__((vector_size(32)));
   static constexpr int64_t kCount = 32 / sizeof(A);
 };
+static_assert(std::is_same<Lanes<float>::type, Float8>::value, "half_lanes.h works on Float8");
 
 // kCount consecutive elements of T widened to A. Through a pointer, and always inlined: a
 // 32-byte vector passed by value has a different ABI in the AVX2 and baseline clones.
 template <typename A, typename T>
 __attribute__((always_inline)) inline void LoadLanes(const T* p, typename Lanes<A>::type* v) {
-  if (std::is_same<T, A>::value) {
+  if constexpr (std::is_same<T, A>::value) {
     std::memcpy(v, p, sizeof *v);
+  } else if constexpr (std::is_same<T, Half>::value && std::is_same<A, float>::value) {
+    HalfLanesToFloat(&p->bits, v);
   } else {
     for (int64_t i = 0; i < Lanes<A>::kCount; ++i) (*v)[i] = Load<A>(p[i]);
+  }
+}
+
+// kCount accumulators rounded once into consecutive elements of T.
+template <typename A, typename T>
+__attribute__((always_inline)) inline void StoreLanes(const typename Lanes<A>::type* v, T* p) {
+  if constexpr (std::is_same<T, A>::value) {
+    std::memcpy(p, v, sizeof *v);
+  } else if constexpr (std::is_same<T, Half>::value && std::is_same<A, float>::value) {
+    FloatLanesToHalf(v, &p->bits);
+  } else {
+    for (int64_t i = 0; i < Lanes<A>::kCount; ++i) p[i] = Store<T>((*v)[i]);
   }
 }
 

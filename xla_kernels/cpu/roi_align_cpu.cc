@@ -85,10 +85,8 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
           }
           acc0 /= count;
           acc1 /= count;
-          for (int64_t j = 0; j < kL; ++j) {
-            o[c + j] = Store<T>(acc0[j]);
-            o[c + kL + j] = Store<T>(acc1[j]);
-          }
+          StoreLanes<A>(&acc0, o + c);
+          StoreLanes<A>(&acc1, o + c + kL);
         }
         for (; c < cb; ++c) {
           A acc = A(0);
@@ -144,7 +142,17 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
     // One vectorisable pass of divisions for the whole block: a divide per bin inside the
     // bin loop stalls on its latency.
     T* o = out + PooledIndex<kCL>(s, k, c0, 0, 0);
-    for (int64_t i = 0; i < cb * s.ph * s.pw; ++i) o[i] = Store<T>(sums[i] / count);
+    using V = typename Lanes<A>::type;
+    constexpr int64_t kL = Lanes<A>::kCount;
+    const int64_t total = cb * s.ph * s.pw;
+    int64_t i = 0;
+    for (; i + kL <= total; i += kL) {
+      V v;
+      std::memcpy(&v, sums.data() + i, sizeof v);
+      v /= count;
+      StoreLanes<A>(&v, o + i);
+    }
+    for (; i < total; ++i) o[i] = Store<T>(sums[i] / count);
   }
 }
 
@@ -206,7 +214,6 @@ void TransposeRoiGrad(const T* grad, int64_t k, const RoiShape& s, A* out) {
 
 // 8 x 8 float transpose in registers: r[i][j] becomes r[j][i] (unpack, then 64-bit, then
 // 128-bit interleaves).
-typedef float Float8 __attribute__((vector_size(32)));
 typedef int32_t Int8 __attribute__((vector_size(32)));
 __attribute__((always_inline)) inline void Transpose8x8(Float8* r) {
   const Int8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
@@ -278,7 +285,15 @@ struct BandGradient {
         for (int64_t x = 0; x < s_.w; ++x) {
           T* o = out_ + ((n_ * s_.h + y) * s_.w + x) * s_.c + c0_;
           const A* b = At(y, x);
-          for (int64_t c = 0; c < cb_; ++c) o[c] = Store<T>(b[c]);
+          using V = typename Lanes<A>::type;
+          constexpr int64_t kL = Lanes<A>::kCount;
+          int64_t c = 0;
+          for (; c + kL <= cb_; c += kL) {
+            V v;
+            std::memcpy(&v, b + c, sizeof v);
+            StoreLanes<A>(&v, o + c);
+          }
+          for (; c < cb_; ++c) o[c] = Store<T>(b[c]);
         }
       return;
     }
