@@ -197,3 +197,34 @@ def test_roi_align_nhwc_is_transposed_nchw(mode):
     b = jax_roi.roi_align(nchw_to("NHWC", x), rois, (3, 2), 0.5, 2, True, mode=mode,
                           layout="NHWC")
     assert_close(np.transpose(as_f64(b), (0, 3, 1, 2)), as_f64(a), jnp.float32)
+
+
+# The configurations above have at most 4 channels; the CPU kernels work on channels in
+# vector chunks (8 float lanes, 4 double) and groups of 4 planes, so 19 channels exercise the
+# chunks and their ragged tails in both layouts. The 80x90 map with adaptive sampling gives
+# bins of about 40 samples a side.
+WIDE_CONFIGS = [
+    dict(spatial_scale=0.25, output_size=(3, 2), aligned=True, sampling_ratio=2, hw=(13, 11)),
+    dict(spatial_scale=1.0, output_size=(2, 3), aligned=False, sampling_ratio=-1, hw=(9, 12)),
+    dict(spatial_scale=0.5, output_size=7, aligned=True, sampling_ratio=0, hw=(10, 8)),
+    dict(spatial_scale=1.0, output_size=2, aligned=True, sampling_ratio=-1, hw=(80, 90)),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cfg", WIDE_CONFIGS, ids=["sr2", "adaptive", "sr0", "big-grid"])
+def test_roi_align_avg_parity_many_channels(cfg, dtype, layout):
+    rng = rng_for("align-wide", DTYPE_IDS[DTYPES.index(dtype)], layout, sorted(cfg.items()))
+    h, w = cfg["hw"]
+    x = random_features(rng, (2, 19, h, w), dtype, layout)
+    rois = random_rois(rng, 9, 2, h, w, cfg["spatial_scale"], dtype=compute_dtype(dtype))
+    if cfg["hw"] == (80, 90):
+        rois[:3] = [[0, -5, -5, 95, 85], [1, 0, 0, 89, 79], [1, 10, 3, 70, 77]]
+    kw = {k: v for k, v in cfg.items() if k != "hw"}
+    kw.update(mode="avg", layout=layout)
+    want = oracle_fwd("roi_align", x, rois, **kw)
+    g = to_dtype(rng.standard_normal(want.shape), dtype)
+    out, grad = lib_vjp("roi_align", x, rois, g, **kw)
+    assert_close(out, want, dtype, what="forward")
+    assert_close(grad, oracle_grad("roi_align", x, rois, g, **kw), dtype, what="backward")
