@@ -352,6 +352,58 @@ inline void WithTapCount(int64_t n, F&& fn) {
   }
 }
 
+// 32 bytes of accumulators as one GCC vector-extension value: an AVX register in the AVX2
+// clone, two SSE registers in the baseline one. Written out because the auto-vectoriser
+// split a 16-float accumulator array into 8 + 4 + 2 + 1 + 1 lanes. Lane arithmetic is the
+// scalar code's, in its order (no fusion: -ffp-contract=off), so results are the same bits.
+template <typename A>
+struct Lanes {
+  typedef A type __attribute__((vector_size(32)));
+  static constexpr int64_t kCount = 32 / sizeof(A);
+};
+static_assert(std::is_same<Lanes<float>::type, Float8>::value, "half_lanes.h works on Float8");
+
+// kCount consecutive elements of T widened to A. Through a pointer, and always inlined: a
+// 32-byte vector passed by value has a different ABI in the AVX2 and baseline clones.
+template <typename A, typename T>
+__attribute__((always_inline)) inline void LoadLanes(const T* p, typename Lanes<A>::type* v) {
+  if constexpr (std::is_same<T, A>::value) {
+    std::memcpy(v, p, sizeof *v);
+  } else if constexpr (std::is_same<T, Half>::value && std::is_same<A, float>::value) {
+    HalfLanesToFloat(&p->bits, v);
+  } else {
+    for (int64_t i = 0; i < Lanes<A>::kCount; ++i) (*v)[i] = Load<A>(p[i]);
+  }
+}
+
+// kCount accumulators rounded once into consecutive elements of T.
+template <typename A, typename T>
+__attribute__((always_inline)) inline void StoreLanes(const typename Lanes<A>::type* v, T* p) {
+  if constexpr (std::is_same<T, A>::value) {
+    std::memcpy(p, v, sizeof *v);
+  } else if constexpr (std::is_same<T, Half>::value && std::is_same<A, float>::value) {
+    FloatLanesToHalf(v, &p->bits);
+  } else {
+    for (int64_t i = 0; i < Lanes<A>::kCount; ++i) p[i] = Store<T>((*v)[i]);
+  }
+}
+
+// src[0..n) / divisor rounded once into dst[0..n), kCount lanes at a time (division by 1 is
+// exact, so finishes that only round pass A(1)).
+template <typename A, typename T>
+__attribute__((always_inline)) inline void StoreRun(const A* src, int64_t n, A divisor, T* dst) {
+  using V = typename Lanes<A>::type;
+  constexpr int64_t kL = Lanes<A>::kCount;
+  int64_t i = 0;
+  for (; i + kL <= n; i += kL) {
+    V v;
+    std::memcpy(&v, src + i, sizeof v);
+    v /= divisor;
+    StoreLanes<A>(&v, dst + i);
+  }
+  for (; i < n; ++i) dst[i] = Store<T>(src[i] / divisor);
+}
+
 // Gradient accumulation target of one backward task (image n, channels [c0, c0 + cb)). For
 // 32/64-bit NCHW features it is the output itself (the block's planes are contiguous). 16-bit
 // gradients accumulate in float in a task-local buffer and are rounded once when the task
@@ -410,51 +462,15 @@ struct GradTarget {
         for (int64_t x = 0; x < s.w; ++x) {
           T* o = out + ((n * s.h + y) * s.w + x) * s.c + c0;
           const A* b = base + y * sy + x * sx;
-          for (int64_t c = 0; c < cb; ++c) o[c] = Store<T>(b[c]);
+          StoreRun(b, cb, A(1), o);
         }
     } else {
       T* o = out + (n * s.c + c0) * s.h * s.w;
-      for (int64_t i = 0; i < cb * s.h * s.w; ++i) o[i] = Store<T>(base[i]);
+      StoreRun(base, cb * s.h * s.w, A(1), o);
     }
   }
 
 };
-
-// 32 bytes of accumulators as one GCC vector-extension value: an AVX register in the AVX2
-// clone, two SSE registers in the baseline one. Written out because the auto-vectoriser
-// split a 16-float accumulator array into 8 + 4 + 2 + 1 + 1 lanes. Lane arithmetic is the
-// scalar code's, in its order (no fusion: -ffp-contract=off), so results are the same bits.
-template <typename A>
-struct Lanes {
-  typedef A type __attribute__((vector_size(32)));
-  static constexpr int64_t kCount = 32 / sizeof(A);
-};
-static_assert(std::is_same<Lanes<float>::type, Float8>::value, "half_lanes.h works on Float8");
-
-// kCount consecutive elements of T widened to A. Through a pointer, and always inlined: a
-// 32-byte vector passed by value has a different ABI in the AVX2 and baseline clones.
-template <typename A, typename T>
-__attribute__((always_inline)) inline void LoadLanes(const T* p, typename Lanes<A>::type* v) {
-  if constexpr (std::is_same<T, A>::value) {
-    std::memcpy(v, p, sizeof *v);
-  } else if constexpr (std::is_same<T, Half>::value && std::is_same<A, float>::value) {
-    HalfLanesToFloat(&p->bits, v);
-  } else {
-    for (int64_t i = 0; i < Lanes<A>::kCount; ++i) (*v)[i] = Load<A>(p[i]);
-  }
-}
-
-// kCount accumulators rounded once into consecutive elements of T.
-template <typename A, typename T>
-__attribute__((always_inline)) inline void StoreLanes(const typename Lanes<A>::type* v, T* p) {
-  if constexpr (std::is_same<T, A>::value) {
-    std::memcpy(p, v, sizeof *v);
-  } else if constexpr (std::is_same<T, Half>::value && std::is_same<A, float>::value) {
-    FloatLanesToHalf(v, &p->bits);
-  } else {
-    for (int64_t i = 0; i < Lanes<A>::kCount; ++i) p[i] = Store<T>((*v)[i]);
-  }
-}
 
 // Offset of pooled element (k, c, p, q) in [K, C, PH, PW] or [K, PH, PW, C].
 template <bool kChannelsLast>

@@ -39,7 +39,7 @@ __attribute__((always_inline)) inline void HalfLanesToFloat(const uint16_t* p, F
   U32x8 fb, gb;
   std::memcpy(&fb, &f, sizeof fb);
   std::memcpy(&gb, &g, sizeof gb);
-  const U32x8 out = (tiny & gb) | (~tiny & fb) | ((h & 0x8000u) << 16);
+  const U32x8 out = JAX_ROI_SELECT(tiny, gb, fb) | ((h & 0x8000u) << 16);
   std::memcpy(v, &out, sizeof out);
 }
 

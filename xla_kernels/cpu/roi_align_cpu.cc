@@ -141,18 +141,7 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
     else run(std::false_type{});
     // One vectorisable pass of divisions for the whole block: a divide per bin inside the
     // bin loop stalls on its latency.
-    T* o = out + PooledIndex<kCL>(s, k, c0, 0, 0);
-    using V = typename Lanes<A>::type;
-    constexpr int64_t kL = Lanes<A>::kCount;
-    const int64_t total = cb * s.ph * s.pw;
-    int64_t i = 0;
-    for (; i + kL <= total; i += kL) {
-      V v;
-      std::memcpy(&v, sums.data() + i, sizeof v);
-      v /= count;
-      StoreLanes<A>(&v, o + i);
-    }
-    for (; i < total; ++i) o[i] = Store<T>(sums[i] / count);
+    StoreRun(sums.data(), cb * s.ph * s.pw, count, out + PooledIndex<kCL>(s, k, c0, 0, 0));
   }
 }
 
@@ -284,16 +273,7 @@ struct BandGradient {
       for (int64_t y = y0_; y < y1_; ++y)
         for (int64_t x = 0; x < s_.w; ++x) {
           T* o = out_ + ((n_ * s_.h + y) * s_.w + x) * s_.c + c0_;
-          const A* b = At(y, x);
-          using V = typename Lanes<A>::type;
-          constexpr int64_t kL = Lanes<A>::kCount;
-          int64_t c = 0;
-          for (; c + kL <= cb_; c += kL) {
-            V v;
-            std::memcpy(&v, b + c, sizeof v);
-            StoreLanes<A>(&v, o + c);
-          }
-          for (; c < cb_; ++c) o[c] = Store<T>(b[c]);
+          StoreRun(At(y, x), cb_, A(1), o);
         }
       return;
     }
