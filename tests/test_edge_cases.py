@@ -322,6 +322,31 @@ def test_many_rois_one_pixel_output(op, mode, layout):
     _check(op, mode, x, rois, layout, output_size=1)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op,mode", [p.values[:2] for p in OP_CASES], ids=OP_IDS)
+def test_roi_order_changes_no_row(op, mode, layout):
+    """The forwards visit rois in a locality order of their own; every row must still come
+    out bit for bit the same wherever the roi sits in the list, NaN/inf/huge and bad batch
+    indices (whose order keys clamp) among them. Big enough to run on the thread pool."""
+    rng = rng_for("order", op, mode, layout)
+    k = 300
+    rois = np.column_stack([rng.integers(-1, N + 1, k).astype(np.float64),
+                            rng.uniform(-4, 40, (k, 4))])
+    rois[::11, 1] = NAN
+    rois[::13, 3] = INF
+    rois[::17, 2] = -1e30
+    rois[::19, 0] = NAN
+    x = _features(layout, jnp.float32, shape=(N, 16, 36, 40))
+    kw = op_kwargs(op, mode, output_size=(4, 5), spatial_scale=0.5, aligned=True,
+                   sampling_ratio=2, layout=layout)
+    perm = rng.permutation(k)
+    rois = rois.astype(np.float32)
+    out = np.asarray(jax.jit(lambda v, r: lib_op(op, v, r, **kw))(x, rois))
+    out_perm = np.asarray(jax.jit(lambda v, r: lib_op(op, v, r, **kw))(x, rois[perm]))
+    np.testing.assert_array_equal(out_perm, out[perm])
+    assert np.any(out) and np.all(np.isfinite(out))
+
+
 def test_edge_marker_registered(pytestconfig):
     assert any(line.startswith("edge:") for line in pytestconfig.getini("markers"))
 

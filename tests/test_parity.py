@@ -228,3 +228,33 @@ def test_roi_align_avg_parity_many_channels(cfg, dtype, layout):
     out, grad = lib_vjp("roi_align", x, rois, g, **kw)
     assert_close(out, want, dtype, what="forward")
     assert_close(grad, oracle_grad("roi_align", x, rois, g, **kw), dtype, what="backward")
+
+
+# The NCHW avg forward takes one of three CPU paths by how many bytes the output has against
+# one channel of the maps (xla_kernels/cpu/roi_align_cpu.cc, TileChannels): the whole map copied
+# channels-last at once, the copy in blocks of channels, or (too few output bytes for 8
+# channels) the plane loop. (K, C, H, W, output) for each:
+_NCHW_PATHS = {
+    "one-block": (9, 19, 12, 14, (7, 5)),
+    "blocks": (10, 40, 20, 20, (4, 4)),  # 16-channel blocks: 16 + 16 + 8
+    "planes": (1, 40, 20, 20, (4, 4)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("path", list(_NCHW_PATHS))
+def test_roi_align_avg_nchw_paths_match_nhwc(path, dtype):
+    """Every NCHW path does the NHWC loop's operations in its order: the same bits, and the
+    oracle's numbers."""
+    k, c, h, w, size = _NCHW_PATHS[path]
+    rng = rng_for("nchw-path", path, DTYPE_IDS[DTYPES.index(dtype)])
+    x = random_features(rng, (1, c, h, w), dtype, "NCHW")
+    rois = random_rois(rng, k, 1, h, w, 1.0, dtype=compute_dtype(dtype))
+    rois[0, 0] = -1  # an invalid row: zeros through every path
+    kw = dict(output_size=size, sampling_ratio=2, aligned=True)
+    nchw = jax.jit(lambda v, r: jax_roi.roi_align(v, r, **kw))(x, rois)
+    nhwc = jax.jit(lambda v, r: jax_roi.roi_align(v, r, layout="NHWC", **kw))(
+        jnp.transpose(x, (0, 2, 3, 1)), rois)
+    np.testing.assert_array_equal(as_f64(nchw), as_f64(jnp.transpose(nhwc, (0, 3, 1, 2))))
+    assert not np.any(as_f64(nchw)[0])
+    assert_close(nchw, oracle_fwd("roi_align", x, rois, **kw), dtype, what="forward")

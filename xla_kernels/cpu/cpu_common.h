@@ -84,22 +84,33 @@ ffi::Future ParallelFor(ffi::ThreadPool& pool, int64_t tasks, int64_t work, F fn
   return future;
 }
 
-// ParallelFor over `prep` preparation tasks and then `tasks` main tasks: fn(t) for t in
-// [0, tasks) starts only once every prep_fn(i) has returned (prep_fn fills a table that all
-// main tasks read). The pool hands tasks out in index order, so a thread that takes a main
-// task waits at most for the preparation tasks other threads are still running.
+// ParallelFor over phases run one after another: fn(i, t) for t in [0, counts[i]) starts only
+// once every task of the phases before i has returned (an earlier phase fills what a later
+// one reads). Tasks are handed out in order, so a thread that takes a task of phase i waits
+// at most for the tasks of earlier phases that other threads are still running. Nothing of
+// phase i can finish before all earlier phases have, so one counter of finished tasks says
+// when they have (an empty phase included).
+template <typename F>
+ffi::Future ParallelPhases(ffi::ThreadPool& pool, std::vector<int64_t> counts, int64_t work,
+                           F fn) {
+  std::vector<int64_t> first(counts.size() + 1, 0);
+  for (size_t i = 0; i < counts.size(); ++i) first[i + 1] = first[i] + counts[i];
+  auto finished = std::make_shared<std::atomic<int64_t>>(0);
+  return ParallelFor(pool, first.back(), work, [=](int64_t t) {
+    const int64_t i = std::upper_bound(first.begin(), first.end(), t) - first.begin() - 1;
+    while (finished->load(std::memory_order_acquire) < first[i]) std::this_thread::yield();
+    fn(i, t - first[i]);
+    finished->fetch_add(1, std::memory_order_release);
+  });
+}
+
+// ParallelPhases with two: `prep` preparation tasks, then `tasks` main tasks.
 template <typename Prep, typename F>
 ffi::Future ParallelForAfter(ffi::ThreadPool& pool, int64_t prep, Prep prep_fn, int64_t tasks,
                              int64_t work, F fn) {
-  auto prepared = std::make_shared<std::atomic<int64_t>>(0);
-  return ParallelFor(pool, prep + tasks, work, [=](int64_t t) {
-    if (t < prep) {
-      prep_fn(t);
-      prepared->fetch_add(1, std::memory_order_release);
-      return;
-    }
-    while (prepared->load(std::memory_order_acquire) < prep) std::this_thread::yield();
-    fn(t - prep);
+  return ParallelPhases(pool, {prep, tasks}, work, [=](int64_t i, int64_t t) {
+    if (i == 0) prep_fn(t);
+    else fn(t);
   });
 }
 
@@ -151,6 +162,38 @@ inline int64_t CacheChannelBlock(const RoiShape& s, int64_t bytes_per_channel, i
   return std::max<int64_t>(1, std::max(least, std::min(std::min(s.c, kMaxChannelBlock), fit)));
 }
 
+// The order in which the forwards visit rois: by image, then along a Z-order curve of the
+// box centres in map pixels. Proposals arrive in score order, scattered over the map; in this
+// order the tasks running at the same time, and one after another, read overlapping pixels,
+// which they then find in the shared L3 instead of memory (box head on a 200x304 map, NHWC:
+// 1.2x to 1.5x faster). Each roi writes only its own output, so the order changes no result.
+// Keys are integers (non-finite or out-of-range coordinates clamp), so any box values sort.
+template <typename A>
+std::vector<int64_t> LocalityOrder(const A* rois, int64_t k, double scale) {
+  auto cell = [](double v) -> uint64_t {
+    return v > 0 ? static_cast<uint64_t>(std::min(v, 65535.0)) : 0;  // NaN: 0
+  };
+  // Bits of x at the even positions of a 32-bit word.
+  auto spread = [](uint64_t x) {
+    x = (x | (x << 8)) & 0x00FF00FFu;
+    x = (x | (x << 4)) & 0x0F0F0F0Fu;
+    x = (x | (x << 2)) & 0x33333333u;
+    return (x | (x << 1)) & 0x55555555u;
+  };
+  std::vector<std::pair<uint64_t, int64_t>> keys(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    const A* b = rois + 5 * i;
+    const double half = 0.5 * scale;
+    const uint64_t x = cell((static_cast<double>(b[1]) + static_cast<double>(b[3])) * half);
+    const uint64_t y = cell((static_cast<double>(b[2]) + static_cast<double>(b[4])) * half);
+    keys[i] = {(cell(static_cast<double>(b[0])) << 32) | (spread(y) << 1) | spread(x), i};
+  }
+  std::sort(keys.begin(), keys.end());
+  std::vector<int64_t> order(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) order[i] = keys[i].second;
+  return order;
+}
+
 // Forward tasks: every (roi, channel block) pair. `cost` is the work per output element.
 // NCHW runs them block-major with blocks of about 4 MiB of maps (a share of L3): both
 // threads work through all rois of one block, so the block is read from memory once rather
@@ -161,16 +204,19 @@ inline int64_t CacheChannelBlock(const RoiShape& s, int64_t bytes_per_channel, i
 // one roi's window is a few contiguous KiB per pixel row (block-major with narrow blocks read
 // 64 bytes of every 1 KiB pixel: 1.7x slower; avg with 256-channel rather than 64-channel
 // blocks reads each pixel as one run, which the prefetcher follows: 1.1x to 1.4x faster).
-template <typename Task>
-ffi::Future RunPerRoi(ffi::ThreadPool& pool, const RoiShape& s, int64_t elem_bytes, int64_t cost,
-                      Task task, int64_t nhwc_block = kMaxChannelBlock) {
+// Within either order the rois are visited in LocalityOrder.
+template <typename A, typename Task>
+ffi::Future RunPerRoi(ffi::ThreadPool& pool, const RoiShape& s, const A* rois, double scale,
+                      int64_t elem_bytes, int64_t cost, Task task,
+                      int64_t nhwc_block = kMaxChannelBlock) {
   const bool block_major = !s.channels_last;
   const int64_t cb = block_major
                          ? CacheChannelBlock(s, s.n * s.h * s.w * elem_bytes, int64_t{4} << 20, 4)
                          : std::max<int64_t>(1, std::min(s.c, nhwc_block));
   const int64_t blocks = CeilDiv(s.c, cb);
+  auto order = std::make_shared<const std::vector<int64_t>>(LocalityOrder(rois, s.k, scale));
   return ParallelFor(pool, s.k * blocks, s.k * s.c * s.ph * s.pw * cost, [=](int64_t t) {
-    const int64_t k = block_major ? t % s.k : t / blocks;
+    const int64_t k = (*order)[block_major ? t % s.k : t / blocks];
     const int64_t c0 = (block_major ? t / s.k : t % blocks) * cb;
     task(k, c0, std::min(cb, s.c - c0));
   });

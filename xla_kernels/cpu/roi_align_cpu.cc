@@ -30,9 +30,126 @@ AlignRoiGeometry<A> RoiAt(const A* rois, int64_t k, const RoiShape& s, const Ali
                     prm.ratio);
 }
 
+// 8 x 8 float transpose in registers: r[i][j] becomes r[j][i] (unpack, then 64-bit, then
+// 128-bit interleaves).
+typedef int32_t Int8 __attribute__((vector_size(32)));
+__attribute__((always_inline)) inline void Transpose8x8(Float8* r) {
+  const Int8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const Int8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const Int8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  Float8 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+  }
+}
+
+// dst[c * plane + i] = src[i * cb + c], rounded into T, for i < n and c < cb: a channels-last
+// run of n pixels (or bins) written out to cb planes.
+template <typename T, typename A>
+__attribute__((always_inline)) inline void ToPlanes(const A* src, int64_t n, int64_t cb,
+                                                    T* dst, int64_t plane) {
+  int64_t i = 0, c = 0;
+  if constexpr (std::is_same<T, float>::value && std::is_same<A, float>::value) {
+    for (; i + 8 <= n; i += 8) {
+      for (c = 0; c + 8 <= cb; c += 8) {
+        Float8 r[8];
+        for (int j = 0; j < 8; ++j) std::memcpy(&r[j], src + (i + j) * cb + c, sizeof r[j]);
+        Transpose8x8(r);
+        for (int j = 0; j < 8; ++j) std::memcpy(dst + (c + j) * plane + i, &r[j], sizeof r[j]);
+      }
+      for (; c < cb; ++c)
+        for (int64_t j = i; j < i + 8; ++j) dst[c * plane + j] = src[j * cb + c];
+    }
+  }
+  for (c = 0; c < cb; ++c)
+    for (int64_t j = i; j < n; ++j) dst[c * plane + j] = Store<T>(src[j * cb + c]);
+}
+
+// dst[i * cb + c] = src[c * plane + i] for i < n and c < cb: the inverse of ToPlanes, without
+// rounding.
+template <typename T>
+__attribute__((always_inline)) inline void FromPlanes(const T* src, int64_t plane, int64_t n,
+                                                      int64_t cb, T* dst) {
+  int64_t i = 0, c = 0;
+  if constexpr (std::is_same<T, float>::value) {
+    for (; i + 8 <= n; i += 8) {
+      for (c = 0; c + 8 <= cb; c += 8) {
+        Float8 r[8];
+        for (int j = 0; j < 8; ++j) std::memcpy(&r[j], src + (c + j) * plane + i, sizeof r[j]);
+        Transpose8x8(r);
+        for (int j = 0; j < 8; ++j) std::memcpy(dst + (i + j) * cb + c, &r[j], sizeof r[j]);
+      }
+      for (; c < cb; ++c)
+        for (int64_t j = i; j < i + 8; ++j) dst[j * cb + c] = src[c * plane + j];
+    }
+  }
+  for (int64_t j = i; j < n; ++j)
+    for (c = 0; c < cb; ++c) dst[j * cb + c] = src[c * plane + j];
+}
+
 // ----------------------------------------------------------------------------------------
 // avg
 // ----------------------------------------------------------------------------------------
+
+// The avg of every bin of one roi over cb channels-last channels. `image` points at the first
+// channel of pixel (0, 0), pixels `pixel` elements apart and rows `row` apart; bin (p, q)'s cb
+// results go to dst + (p * pw + q) * bin_step. kV channels at a time in two vector registers,
+// the taps as the inner loops: each feature vector is loaded once per tap and the
+// accumulators never touch memory.
+template <typename T, typename D, typename A>
+__attribute__((always_inline)) inline void AvgBinsChannelsLast(
+    const T* image, int64_t pixel, int64_t row, int64_t cb, const AxisTaps<A>& ty,
+    const AxisTaps<A>& tx, A count, int64_t ph, int64_t pw, D* dst, int64_t bin_step) {
+  using V = typename Lanes<A>::type;
+  constexpr int64_t kL = Lanes<A>::kCount, kV = 2 * kL;
+  for (int64_t p = 0; p < ph; ++p) {
+    const int64_t* py = ty.Pixels(p);
+    const A* wy = ty.Weights(p);
+    for (int64_t q = 0; q < pw; ++q) {
+      const int64_t* px = tx.Pixels(q);
+      const A* wx = tx.Weights(q);
+      D* o = dst + (p * pw + q) * bin_step;
+      int64_t c = 0;
+      for (; c + kV <= cb; c += kV) {
+        V acc0 = {}, acc1 = {};
+        for (int64_t r = 0; r < ty.len; ++r) {
+          const T* line = image + py[r] * row + c;
+          for (int64_t u = 0; u < tx.len; ++u) {
+            const V w = V{} + wy[r] * wx[u];
+            const T* v = line + px[u] * pixel;
+            V x0, x1;
+            LoadLanes<A>(v, &x0);
+            LoadLanes<A>(v + kL, &x1);
+            acc0 += w * x0;
+            acc1 += w * x1;
+          }
+        }
+        acc0 /= count;
+        acc1 /= count;
+        StoreLanes<A>(&acc0, o + c);
+        StoreLanes<A>(&acc1, o + c + kL);
+      }
+      for (; c < cb; ++c) {
+        A acc = A(0);
+        for (int64_t r = 0; r < ty.len; ++r)
+          for (int64_t u = 0; u < tx.len; ++u)
+            acc += wy[r] * wx[u] * Load<A>(image[py[r] * row + px[u] * pixel + c]);
+        o[c] = Store<D>(acc / count);
+      }
+    }
+  }
+}
 
 constexpr int64_t kAvgFwdNhwcBlock = 256;
 
@@ -56,47 +173,8 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
   const A count = AlignSampleCount(roi);
   const T* image = feat + FeatureIndex<kCL>(s, roi.n, c0, 0, 0);
   if (kCL) {
-    // kV channels at a time in two vector registers, the taps as the inner loops: each
-    // feature vector is loaded once per tap and the accumulators never touch memory.
-    using V = typename Lanes<A>::type;
-    constexpr int64_t kL = Lanes<A>::kCount, kV = 2 * kL;
-    const int64_t row_step = s.w * s.c;
-    for (int64_t p = 0; p < s.ph; ++p) {
-      const int64_t* py = ty.Pixels(p);
-      const A* wy = ty.Weights(p);
-      for (int64_t q = 0; q < s.pw; ++q) {
-        const int64_t* px = tx.Pixels(q);
-        const A* wx = tx.Weights(q);
-        T* o = out + PooledIndex<kCL>(s, k, c0, p, q);
-        int64_t c = 0;
-        for (; c + kV <= cb; c += kV) {
-          V acc0 = {}, acc1 = {};
-          for (int64_t r = 0; r < ty.len; ++r) {
-            const T* row = image + py[r] * row_step + c;
-            for (int64_t u = 0; u < tx.len; ++u) {
-              const V w = V{} + wy[r] * wx[u];
-              const T* v = row + px[u] * s.c;
-              V x0, x1;
-              LoadLanes<A>(v, &x0);
-              LoadLanes<A>(v + kL, &x1);
-              acc0 += w * x0;
-              acc1 += w * x1;
-            }
-          }
-          acc0 /= count;
-          acc1 /= count;
-          StoreLanes<A>(&acc0, o + c);
-          StoreLanes<A>(&acc1, o + c + kL);
-        }
-        for (; c < cb; ++c) {
-          A acc = A(0);
-          for (int64_t r = 0; r < ty.len; ++r)
-            for (int64_t u = 0; u < tx.len; ++u)
-              acc += wy[r] * wx[u] * Load<A>(image[py[r] * row_step + px[u] * s.c + c]);
-          o[c] = Store<T>(acc / count);
-        }
-      }
-    }
+    AvgBinsChannelsLast(image, s.c, s.w * s.c, cb, ty, tx, count, s.ph, s.pw,
+                        out + PooledIndex<kCL>(s, k, c0, 0, 0), s.c);
   } else {
     // kG channel planes at once: kG independent accumulation chains per bin keep the FP
     // pipeline busy where one chain would wait on its own additions.
@@ -143,6 +221,87 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
     // bin loop stalls on its latency.
     StoreRun(sums.data(), cb * s.ph * s.pw, count, out + PooledIndex<kCL>(s, k, c0, 0, 0));
   }
+}
+
+// The NCHW avg forward can run through a channels-last copy of a block of channels, for the
+// NHWC loop above, which reads a pixel's channels as vectors where the plane loop reads them
+// one scalar per plane. The copy is a temporary: a block takes at most the output's bytes, and
+// at most 16 MiB so that it stays in the L3 while every roi reads it. A call whose output
+// cannot hold 8 channels of the maps (a few rois on large maps) keeps the plane loop.
+// Box head, N=2, C=256, 2 cores: on 64x64 maps the copy is one block of all channels, on
+// 200x304 maps 8 blocks of 32.
+constexpr int64_t kTileBytes = int64_t{16} << 20;
+
+inline int64_t TileChannels(const RoiShape& s, int64_t elem_bytes) {
+  const int64_t per_channel = std::max<int64_t>(1, s.n * s.h * s.w * elem_bytes);
+  const int64_t budget = std::min(s.k * s.c * s.ph * s.pw * elem_bytes, kTileBytes);
+  const int64_t fit = std::min(s.c, budget / per_channel);
+  if (fit < std::min<int64_t>(s.c, 8)) return 0;
+  return fit == s.c ? fit : fit - fit % 8;
+}
+
+// Rows [y0, y1) of image n, channels [c0, c0 + cb), into the [N, H, W, cb] tile.
+template <typename T>
+JAX_ROI_CPU_KERNEL void CopyToTile(const T* feat, const RoiShape& s, int64_t c0, int64_t cb,
+                                   int64_t n, int64_t y0, int64_t y1, T* tile) {
+  for (int64_t y = y0; y < y1; ++y)
+    FromPlanes(feat + FeatureIndex<false>(s, n, c0, y, 0), s.h * s.w, s.w, cb,
+               tile + ((n * s.h + y) * s.w) * cb);
+}
+
+// One roi on the tile of channels [c0, c0 + cb): the bins channels-last in a per-thread
+// buffer, then one transpose into the roi's cb output planes. The same operations in the
+// same order as the NHWC forward, so the same bits.
+template <typename T>
+JAX_ROI_CPU_KERNEL void AlignAvgFwdTileTask(const T* tile, const typename Accum<T>::type* rois,
+                                            T* out, const RoiShape& s, const AlignParams& prm,
+                                            int64_t k, int64_t c0, int64_t cb) {
+  using A = typename Accum<T>::type;
+  const int64_t bins = s.ph * s.pw;
+  T* o = out + PooledIndex<false>(s, k, c0, 0, 0);
+  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
+  if (!roi.ok) {
+    std::fill(o, o + cb * bins, Store<T>(A(0)));
+    return;
+  }
+  thread_local AxisTaps<A> ty, tx;
+  thread_local std::vector<A> sums;
+  ty.Build(roi.y, s.ph, s.h);
+  tx.Build(roi.x, s.pw, s.w);
+  sums.resize(static_cast<size_t>(bins * cb));
+  AvgBinsChannelsLast(tile + roi.n * s.h * s.w * cb, cb, s.w * cb, cb, ty, tx,
+                      AlignSampleCount(roi), s.ph, s.pw, sums.data(), cb);
+  ToPlanes(sums.data(), bins, cb, o, bins);
+}
+
+// Phases per block of channels: copy the block to the tile (tasks of about 256 KiB), then
+// every roi on it, in LocalityOrder; the next block's copy waits for the last roi.
+template <typename T>
+ffi::Future AlignAvgFwdThroughTiles(ffi::ThreadPool& pool, const T* feat,
+                                    const typename Accum<T>::type* rois, T* out,
+                                    const RoiShape& s, const AlignParams& prm, int64_t cb) {
+  const int64_t elem = sizeof(T);
+  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 18) / (s.w * cb * elem));
+  const int64_t chunks = CeilDiv(s.h, rows);
+  std::vector<int64_t> phases;
+  for (int64_t c0 = 0; c0 < s.c; c0 += cb) {
+    phases.push_back(s.n * chunks);
+    phases.push_back(s.k);
+  }
+  const size_t tile_size = static_cast<size_t>(s.n * s.h * s.w * cb);
+  std::shared_ptr<T[]> tile(new T[tile_size]);
+  PreferHugePages(tile.get(), tile_size * sizeof(T));
+  auto order = std::make_shared<const std::vector<int64_t>>(LocalityOrder(rois, s.k, prm.scale));
+  const int64_t work = s.n * s.c * s.h * s.w + s.k * s.c * s.ph * s.pw * 16;
+  return ParallelPhases(pool, std::move(phases), work, [=](int64_t phase, int64_t t) {
+    const int64_t c0 = phase / 2 * cb, block = std::min(cb, s.c - c0);
+    if (phase % 2 == 0) {
+      const int64_t n = t / chunks, y0 = t % chunks * rows;
+      CopyToTile(feat, s, c0, block, n, y0, std::min(s.h, y0 + rows), tile.get());
+    } else {
+      AlignAvgFwdTileTask(tile.get(), rois, out, s, prm, (*order)[t], c0, block);
+    }
+  });
 }
 
 // The avg backward's geometry of one roi, built once per call and read by every band task
@@ -199,30 +358,6 @@ void TransposeRoiGrad(const T* grad, int64_t k, const RoiShape& s, A* out) {
       for (int64_t j = 0; j < 8; ++j) o[i * s.c + c + j] = Load<A>(g[(c + j) * bins + i]);
   for (; c < s.c; ++c)
     for (int64_t i = 0; i < bins; ++i) o[i * s.c + c] = Load<A>(g[c * bins + i]);
-}
-
-// 8 x 8 float transpose in registers: r[i][j] becomes r[j][i] (unpack, then 64-bit, then
-// 128-bit interleaves).
-typedef int32_t Int8 __attribute__((vector_size(32)));
-__attribute__((always_inline)) inline void Transpose8x8(Float8* r) {
-  const Int8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-  const Int8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-  const Int8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
-  Float8 t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
-    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
-    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
-    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
-    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
-    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
-  }
 }
 
 // Backward tasks: (image, band of rows, channel block), each band's gradient about 512 KiB of
@@ -284,26 +419,8 @@ struct BandGradient {
     for (int64_t c = 0; c < cb_; ++c)
       std::memset(out_ + ((n_ * s_.c + c0_ + c) * s_.h + y0_) * s_.w, 0,
                   sizeof(T) * (y1_ - y0_) * s_.w);
-    for (int64_t y = y0_; y < y1_; ++y) {
-      const A* b = At(y, 0);
-      T* o = out_ + ((n_ * s_.c + c0_) * s_.h + y) * s_.w;  // channel c: o + c * H * W
-      const int64_t plane = s_.h * s_.w;
-      int64_t x = 0, c = 0;
-      if (std::is_same<T, float>::value && std::is_same<A, float>::value) {
-        for (; x + 8 <= s_.w; x += 8) {
-          for (c = 0; c + 8 <= cb_; c += 8) {
-            Float8 r[8];
-            for (int i = 0; i < 8; ++i) std::memcpy(&r[i], b + (x + i) * cb_ + c, sizeof r[i]);
-            Transpose8x8(r);
-            for (int i = 0; i < 8; ++i) std::memcpy(o + (c + i) * plane + x, &r[i], sizeof r[i]);
-          }
-          for (; c < cb_; ++c)
-            for (int64_t i = x; i < x + 8; ++i) o[c * plane + i] = Store<T>(b[i * cb_ + c]);
-        }
-      }
-      for (c = 0; c < cb_; ++c)
-        for (int64_t i = x; i < s_.w; ++i) o[c * plane + i] = Store<T>(b[i * cb_ + c]);
-    }
+    for (int64_t y = y0_; y < y1_; ++y)
+      ToPlanes(At(y, 0), s_.w, cb_, out_ + ((n_ * s_.c + c0_) * s_.h + y) * s_.w, s_.h * s_.w);
   }
 
  private:
@@ -564,7 +681,11 @@ ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    return RunPerRoi(pool, s, sizeof(T), 16, [=](int64_t k, int64_t c0, int64_t cb) {
+    if (!s.channels_last) {
+      if (const int64_t cb = TileChannels(s, sizeof(T)))
+        return AlignAvgFwdThroughTiles(pool, f, r, o, s, prm, cb);
+    }
+    return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 16, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignAvgFwdTask<T, true>(f, r, o, s, prm, k, c0, cb);
       else AlignAvgFwdTask<T, false>(f, r, o, s, prm, k, c0, cb);
     }, kAvgFwdNhwcBlock);
@@ -639,7 +760,7 @@ ffi::Future RoiAlignMaxFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    return RunPerRoi(pool, s, sizeof(T), 32, [=](int64_t k, int64_t c0, int64_t cb) {
+    return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 32, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxFwdTask<T, true>(f, r, o, am, s, prm, k, c0, cb);
       else AlignMaxFwdTask<T, false>(f, r, o, am, s, prm, k, c0, cb);
     });

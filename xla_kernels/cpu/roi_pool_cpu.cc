@@ -126,7 +126,7 @@ ffi::Future RoiPoolFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::A
     const T* f = reinterpret_cast<const T*>(features.untyped_data());
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
-    return RunPerRoi(pool, s, sizeof(T), 8, [=](int64_t k, int64_t c0, int64_t cb) {
+    return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 8, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) PoolFwdTask<T, true>(f, r, o, am, s, spatial_scale, k, c0, cb);
       else PoolFwdTask<T, false>(f, r, o, am, s, spatial_scale, k, c0, cb);
     });
