@@ -8,11 +8,12 @@ Shapes are Mask R-CNN's (torchvision defaults): box head N=2, C=256, K=512 rois 
 and a 200x304 map, in both layouts. Times are medians of blocked wall-clock runs after a
 warm-up, in milliseconds. Columns:
   fwd           jax_roi roi_align forward
-  ort           onnxruntime RoiAlign (avg, half_pixel, NCHW only), same threads
+  ort           onnxruntime RoiAlign (avg, half_pixel, NCHW only), same threads, timed in
+                turns with fwd (fwd, ort, fwd, ort, ...)
   fwd/ort       ratio (targets: <= 0.5 NCHW, <= 0.125 NHWC)
   ref fwd       the pure-JAX implementation (jax_roi._reference) under jit
   fwd+bwd       jax_roi forward + backward (value_and_grad)
-  ref f+b       pure-JAX forward + backward
+  ref f+b       pure-JAX forward + backward, timed in turns with fwd+bwd
   speedup       ref f+b / fwd+bwd (target >= 10)
   1-core fwd    jax_roi forward pinned to one core (a subprocess); pool speedup = its ratio
   tmp/out       XLA temp bytes of the compiled forward / output bytes (target <= 1)
@@ -57,13 +58,21 @@ def make_inputs(n, c, h, w, k, seed=0, scale=SCALE):
 def bench(fn, *args, reps):
     import jax
 
-    jax.block_until_ready(fn(*args))
-    times = []
+    return alternating([lambda: jax.block_until_ready(fn(*args))], reps)[0]
+
+
+def alternating(calls, reps):
+    """Median ms of each call, timed in turns (a, b, a, b, ...) after one warm-up each: on a
+    shared machine a busy spell then slows both sides of a ratio alike."""
+    for call in calls:
+        call()
+    times = [[] for _ in calls]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+        for call, ts in zip(calls, times):
+            t0 = time.perf_counter()
+            call()
+            ts.append(time.perf_counter() - t0)
+    return [1e3 * float(np.median(ts)) for ts in times]
 
 
 def ort_session(n, c, h, w, k, p, threads):
@@ -90,16 +99,11 @@ def ort_session(n, c, h, w, k, p, threads):
                                 providers=["CPUExecutionProvider"])
 
 
-def time_ort(sess, feats, rois, reps):
+def ort_call(sess, feats, rois):
+    """A call of the onnxruntime session on the benchmark's inputs (it returns [Y])."""
     inputs = {"X": feats, "rois": np.ascontiguousarray(rois[:, 1:]),
               "idx": rois[:, 0].astype(np.int64)}
-    sess.run(None, inputs)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sess.run(None, inputs)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times)), sess.run(None, inputs)[0]
+    return lambda: sess.run(None, inputs)
 
 
 def jax_roi_fns(layout, p):
@@ -176,7 +180,8 @@ def main():
     for name, n, c, h, w, k, p in CASES:
         feats, rois = make_inputs(n, c, h, w, k)
         sess = ort_session(n, c, h, w, k, p, threads)
-        ort_ms, ort_out = time_ort(sess, feats, rois, reps) if sess else (float("nan"), None)
+        ort = ort_call(sess, feats, rois) if sess else None
+        ort_out = ort()[0] if ort else None
         for layout in ("NCHW", "NHWC"):
             f = feats if layout == "NCHW" else np.ascontiguousarray(feats.transpose(0, 2, 3, 1))
             fj, rj = jnp.asarray(f), jnp.asarray(rois)
@@ -190,10 +195,15 @@ def main():
             compiled = fwd.lower(fj, rj).compile()
             mem = compiled.memory_analysis()
             tmp = getattr(mem, "temp_size_in_bytes", float("nan")) if mem else float("nan")
-            t_fwd = bench(fwd, fj, rj, reps=reps)
+            run_fwd = lambda: jax.block_until_ready(fwd(fj, rj))
+            if ort:
+                t_fwd, ort_ms = alternating([run_fwd, ort], reps)
+            else:
+                t_fwd, ort_ms = alternating([run_fwd], reps)[0], float("nan")
             t_ref = bench(ref_fwd, fj, rj, reps=max(3, reps // 3))
-            t_fb = bench(fwd_bwd, fj, rj, g, reps=reps)
-            t_ref_fb = bench(ref_fwd_bwd, fj, rj, g, reps=max(3, reps // 3))
+            t_fb, t_ref_fb = alternating([lambda: jax.block_until_ready(fwd_bwd(fj, rj, g)),
+                                          lambda: jax.block_until_ready(ref_fwd_bwd(fj, rj, g))],
+                                         reps)
             t_one = single[f"{name}/{layout}"]
             rows.append((name, layout, f"{t_fwd:.2f}", f"{ort_ms:.2f}", f"{t_fwd / ort_ms:.3f}",
                          f"{t_ref:.1f}", f"{t_fb:.2f}", f"{t_ref_fb:.1f}",
