@@ -165,8 +165,8 @@ inline int64_t CacheChannelBlock(const RoiShape& s, int64_t bytes_per_channel, i
 // The order in which the forwards visit rois: by image, then along a Z-order curve of the
 // box centres in map pixels. Proposals arrive in score order, scattered over the map; in this
 // order the tasks running at the same time, and one after another, read overlapping pixels,
-// which they then find in the shared L3 instead of memory (box head on a 200x304 map, NHWC:
-// 1.2x to 1.5x faster). Each roi writes only its own output, so the order changes no result.
+// which they then find in the shared L3 instead of memory (box head on a 200x304 map, NHWC,
+// 2 cores: 1.1x to 1.4x faster by median, in runs alternated with the index order). Each roi writes only its own output, so the order changes no result.
 // Keys are integers (non-finite or out-of-range coordinates clamp), so any box values sort.
 template <typename A>
 std::vector<int64_t> LocalityOrder(const A* rois, int64_t k, double scale) {
@@ -180,10 +180,10 @@ std::vector<int64_t> LocalityOrder(const A* rois, int64_t k, double scale) {
     x = (x | (x << 2)) & 0x33333333u;
     return (x | (x << 1)) & 0x55555555u;
   };
+  const double half = 0.5 * scale;
   std::vector<std::pair<uint64_t, int64_t>> keys(static_cast<size_t>(k));
   for (int64_t i = 0; i < k; ++i) {
     const A* b = rois + 5 * i;
-    const double half = 0.5 * scale;
     const uint64_t x = cell((static_cast<double>(b[1]) + static_cast<double>(b[3])) * half);
     const uint64_t y = cell((static_cast<double>(b[2]) + static_cast<double>(b[4])) * half);
     keys[i] = {(cell(static_cast<double>(b[0])) << 32) | (spread(y) << 1) | spread(x), i};

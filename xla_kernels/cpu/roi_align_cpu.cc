@@ -54,13 +54,17 @@ __attribute__((always_inline)) inline void Transpose8x8(Float8* r) {
   }
 }
 
-// dst[c * plane + i] = src[i * cb + c], rounded into T, for i < n and c < cb: a channels-last
-// run of n pixels (or bins) written out to cb planes.
-template <typename T, typename A>
-__attribute__((always_inline)) inline void ToPlanes(const A* src, int64_t n, int64_t cb,
+// dst[c * plane + i] = src[i * cb + c] for i < n and c < cb (rounded into T where the source
+// is an accumulator type): a channels-last run of n pixels (or bins) written out to cb planes.
+template <typename T, typename S>
+__attribute__((always_inline)) inline void ToPlanes(const S* src, int64_t n, int64_t cb,
                                                     T* dst, int64_t plane) {
+  auto put = [](S v) {
+    if constexpr (std::is_same<S, T>::value) return v;
+    else return Store<T>(v);
+  };
   int64_t i = 0, c = 0;
-  if constexpr (std::is_same<T, float>::value && std::is_same<A, float>::value) {
+  if constexpr (std::is_same<T, float>::value && std::is_same<S, float>::value) {
     for (; i + 8 <= n; i += 8) {
       for (c = 0; c + 8 <= cb; c += 8) {
         Float8 r[8];
@@ -73,29 +77,30 @@ __attribute__((always_inline)) inline void ToPlanes(const A* src, int64_t n, int
     }
   }
   for (c = 0; c < cb; ++c)
-    for (int64_t j = i; j < n; ++j) dst[c * plane + j] = Store<T>(src[j * cb + c]);
+    for (int64_t j = i; j < n; ++j) dst[c * plane + j] = put(src[j * cb + c]);
 }
 
-// dst[i * cb + c] = src[c * plane + i] for i < n and c < cb: the inverse of ToPlanes, without
-// rounding.
-template <typename T>
-__attribute__((always_inline)) inline void FromPlanes(const T* src, int64_t plane, int64_t n,
-                                                      int64_t cb, T* dst) {
+// dst[i * cb + c] = src[c * plane + i] for i < n and c < cb, widened into D: the inverse of
+// ToPlanes. Into float, eight lanes of eight planes at a time (16-bit through the lane
+// conversions), transposed in registers.
+template <typename D, typename S>
+__attribute__((always_inline)) inline void FromPlanes(const S* src, int64_t plane, int64_t n,
+                                                      int64_t cb, D* dst) {
   int64_t i = 0, c = 0;
-  if constexpr (std::is_same<T, float>::value) {
+  if constexpr (std::is_same<D, float>::value) {
     for (; i + 8 <= n; i += 8) {
       for (c = 0; c + 8 <= cb; c += 8) {
         Float8 r[8];
-        for (int j = 0; j < 8; ++j) std::memcpy(&r[j], src + (c + j) * plane + i, sizeof r[j]);
+        for (int j = 0; j < 8; ++j) LoadLanes<float>(src + (c + j) * plane + i, &r[j]);
         Transpose8x8(r);
         for (int j = 0; j < 8; ++j) std::memcpy(dst + (i + j) * cb + c, &r[j], sizeof r[j]);
       }
       for (; c < cb; ++c)
-        for (int64_t j = i; j < i + 8; ++j) dst[j * cb + c] = src[c * plane + j];
+        for (int64_t j = i; j < i + 8; ++j) dst[j * cb + c] = Load<D>(src[c * plane + j]);
     }
   }
   for (int64_t j = i; j < n; ++j)
-    for (c = 0; c < cb; ++c) dst[j * cb + c] = src[c * plane + j];
+    for (c = 0; c < cb; ++c) dst[j * cb + c] = Load<D>(src[c * plane + j]);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -225,25 +230,29 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
 
 // The NCHW avg forward can run through a channels-last copy of a block of channels, for the
 // NHWC loop above, which reads a pixel's channels as vectors where the plane loop reads them
-// one scalar per plane. The copy is a temporary: a block takes at most the output's bytes, and
-// at most 16 MiB so that it stays in the L3 while every roi reads it. A call whose output
-// cannot hold 8 channels of the maps (a few rois on large maps) keeps the plane loop.
-// Box head, N=2, C=256, 2 cores: on 64x64 maps the copy is one block of all channels, on
-// 200x304 maps 8 blocks of 32.
+// one scalar per plane. The copy holds the accumulator type (16-bit maps are widened once,
+// not at every tap). It is a temporary: a block takes at most the output's bytes, and at
+// most 16 MiB so that it stays in the L3 while every roi reads it; blocks are whole 16-lane
+// chunks. A call whose output cannot hold 16 channels of the copy (a few rois on large maps)
+// keeps the plane loop. Box head, N=2, C=256, float32, 2 cores: on 64x64 maps the copy is one
+// block of all channels, on 200x304 maps 8 blocks of 32 (float16: 16 of 16).
 constexpr int64_t kTileBytes = int64_t{16} << 20;
 
-inline int64_t TileChannels(const RoiShape& s, int64_t elem_bytes) {
-  const int64_t per_channel = std::max<int64_t>(1, s.n * s.h * s.w * elem_bytes);
-  const int64_t budget = std::min(s.k * s.c * s.ph * s.pw * elem_bytes, kTileBytes);
+inline int64_t TileChannels(const RoiShape& s, int64_t tile_elem_bytes, int64_t out_elem_bytes) {
+  if (s.n * s.h * s.w == 0) return 0;
+  const int64_t per_channel = s.n * s.h * s.w * tile_elem_bytes;
+  const int64_t budget = std::min(s.k * s.c * s.ph * s.pw * out_elem_bytes, kTileBytes);
   const int64_t fit = std::min(s.c, budget / per_channel);
-  if (fit < std::min<int64_t>(s.c, 8)) return 0;
-  return fit == s.c ? fit : fit - fit % 8;
+  if (fit < std::min<int64_t>(s.c, 16)) return 0;
+  return fit == s.c ? fit : fit - fit % 16;  // whole 16-lane chunks (the loop's vector width)
 }
 
-// Rows [y0, y1) of image n, channels [c0, c0 + cb), into the [N, H, W, cb] tile.
+// Rows [y0, y1) of image n, channels [c0, c0 + cb), into the [N, H, W, cb] tile, widened to
+// the accumulator type once here rather than at every tap.
 template <typename T>
 JAX_ROI_CPU_KERNEL void CopyToTile(const T* feat, const RoiShape& s, int64_t c0, int64_t cb,
-                                   int64_t n, int64_t y0, int64_t y1, T* tile) {
+                                   int64_t n, int64_t y0, int64_t y1,
+                                   typename Accum<T>::type* tile) {
   for (int64_t y = y0; y < y1; ++y)
     FromPlanes(feat + FeatureIndex<false>(s, n, c0, y, 0), s.h * s.w, s.w, cb,
                tile + ((n * s.h + y) * s.w) * cb);
@@ -253,7 +262,8 @@ JAX_ROI_CPU_KERNEL void CopyToTile(const T* feat, const RoiShape& s, int64_t c0,
 // buffer, then one transpose into the roi's cb output planes. The same operations in the
 // same order as the NHWC forward, so the same bits.
 template <typename T>
-JAX_ROI_CPU_KERNEL void AlignAvgFwdTileTask(const T* tile, const typename Accum<T>::type* rois,
+JAX_ROI_CPU_KERNEL void AlignAvgFwdTileTask(const typename Accum<T>::type* tile,
+                                            const typename Accum<T>::type* rois,
                                             T* out, const RoiShape& s, const AlignParams& prm,
                                             int64_t k, int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
@@ -265,7 +275,9 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTileTask(const T* tile, const typename Accum<
     return;
   }
   thread_local AxisTaps<A> ty, tx;
-  thread_local std::vector<A> sums;
+  // Rounded into T as they leave the registers, eight lanes at a time (as the NHWC forward
+  // does); the transpose then only moves them.
+  thread_local std::vector<T> sums;
   ty.Build(roi.y, s.ph, s.h);
   tx.Build(roi.x, s.pw, s.w);
   sums.resize(static_cast<size_t>(bins * cb));
@@ -280,8 +292,9 @@ template <typename T>
 ffi::Future AlignAvgFwdThroughTiles(ffi::ThreadPool& pool, const T* feat,
                                     const typename Accum<T>::type* rois, T* out,
                                     const RoiShape& s, const AlignParams& prm, int64_t cb) {
-  const int64_t elem = sizeof(T);
-  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 18) / (s.w * cb * elem));
+  using A = typename Accum<T>::type;
+  const int64_t rows = std::max<int64_t>(
+      1, (int64_t{1} << 18) / (s.w * cb * static_cast<int64_t>(sizeof(A))));
   const int64_t chunks = CeilDiv(s.h, rows);
   std::vector<int64_t> phases;
   for (int64_t c0 = 0; c0 < s.c; c0 += cb) {
@@ -289,8 +302,8 @@ ffi::Future AlignAvgFwdThroughTiles(ffi::ThreadPool& pool, const T* feat,
     phases.push_back(s.k);
   }
   const size_t tile_size = static_cast<size_t>(s.n * s.h * s.w * cb);
-  std::shared_ptr<T[]> tile(new T[tile_size]);
-  PreferHugePages(tile.get(), tile_size * sizeof(T));
+  std::shared_ptr<A[]> tile(new A[tile_size]);
+  PreferHugePages(tile.get(), tile_size * sizeof(A));
   auto order = std::make_shared<const std::vector<int64_t>>(LocalityOrder(rois, s.k, prm.scale));
   const int64_t work = s.n * s.c * s.h * s.w + s.k * s.c * s.ph * s.pw * 16;
   return ParallelPhases(pool, std::move(phases), work, [=](int64_t phase, int64_t t) {
@@ -682,7 +695,7 @@ ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
     const A* r = reinterpret_cast<const A*>(rois.untyped_data());
     T* o = reinterpret_cast<T*>(out->untyped_data());
     if (!s.channels_last) {
-      if (const int64_t cb = TileChannels(s, sizeof(T)))
+      if (const int64_t cb = TileChannels(s, sizeof(A), sizeof(T)))
         return AlignAvgFwdThroughTiles(pool, f, r, o, s, prm, cb);
     }
     return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 16, [=](int64_t k, int64_t c0, int64_t cb) {
