@@ -233,7 +233,8 @@ def test_roi_align_avg_parity_many_channels(cfg, dtype, layout):
 # The NCHW avg forward takes one of three CPU paths by how many bytes the output has against
 # one channel of the maps (xla_kernels/cpu/roi_align_cpu.cc, TileChannels): the whole map copied
 # channels-last at once, the copy in blocks of channels, or (too few output bytes for 16
-# channels of the copy, which holds float32 for 16-bit maps) the plane loop. (K, C, H, W, output) for each:
+# channels of the copy, which holds float32 for 16-bit maps) the plane loop.
+# (K, C, H, W, output) for each:
 _NCHW_PATHS = {
     "one-block": (9, 19, 12, 14, (7, 7)),
     "blocks": (20, 40, 20, 20, (4, 4)),  # 32 + 8 channels (16-bit: 16 + 16 + 8)

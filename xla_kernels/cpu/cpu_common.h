@@ -166,8 +166,9 @@ inline int64_t CacheChannelBlock(const RoiShape& s, int64_t bytes_per_channel, i
 // box centres in map pixels. Proposals arrive in score order, scattered over the map; in this
 // order the tasks running at the same time, and one after another, read overlapping pixels,
 // which they then find in the shared L3 instead of memory (box head on a 200x304 map, NHWC,
-// 2 cores: 1.1x to 1.4x faster by median, in runs alternated with the index order). Each roi writes only its own output, so the order changes no result.
-// Keys are integers (non-finite or out-of-range coordinates clamp), so any box values sort.
+// 2 cores: 1.1x to 1.4x faster by median, in runs alternated with the index order). Each roi
+// writes only its own output, so the order changes no result. Keys are integers (non-finite
+// or out-of-range coordinates clamp), so any box values sort.
 template <typename A>
 std::vector<int64_t> LocalityOrder(const A* rois, int64_t k, double scale) {
   auto cell = [](double v) -> uint64_t {
