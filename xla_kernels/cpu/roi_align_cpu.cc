@@ -30,6 +30,41 @@ AlignRoiGeometry<A> RoiAt(const A* rois, int64_t k, const RoiShape& s, const Ali
                     prm.ratio);
 }
 
+// Roi k's output over channels [c0, c0 + cb) set to zero: the rule for a roi that adds
+// nothing (SEMANTICS.md).
+template <typename T, bool kCL>
+void ZeroRoiOutput(T* out, const RoiShape& s, int64_t k, int64_t c0, int64_t cb) {
+  const T zero = Store<T>(typename Accum<T>::type(0));
+  for (int64_t c = c0; c < c0 + cb; ++c)
+    for (int64_t p = 0; p < s.ph; ++p)
+      for (int64_t q = 0; q < s.pw; ++q) out[PooledIndex<kCL>(s, k, c, p, q)] = zero;
+}
+
+// The avg taps of one roi along both axes, with its image and the mean's divisor.
+template <typename A>
+struct AvgRoiTaps {
+  AxisTaps<A> y, x;
+  int64_t n;
+  A count;
+};
+
+// Roi k's avg taps in per-thread tables, reused across tasks: a task is small (one roi, one
+// channel block) and allocating the tables per task cost as much as a sixth of the forward.
+// With `fold_count` the row weights carry the mean's 1/count (the backward). Null for a roi
+// that adds nothing.
+template <typename A>
+const AvgRoiTaps<A>* BuildAvgRoiTaps(const A* rois, int64_t k, const RoiShape& s,
+                                     const AlignParams& prm, bool fold_count = false) {
+  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
+  if (!roi.ok) return nullptr;
+  thread_local AvgRoiTaps<A> t;
+  t.n = roi.n;
+  t.count = AlignSampleCount(roi);
+  t.y.Build(roi.y, s.ph, s.h, fold_count ? t.count : A(1));
+  t.x.Build(roi.x, s.pw, s.w);
+  return &t;
+}
+
 // 8 x 8 float transpose in registers: r[i][j] becomes r[j][i] (unpack, then 64-bit, then
 // 128-bit interleaves).
 typedef int32_t Int8 __attribute__((vector_size(32)));
@@ -163,20 +198,12 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
                      const RoiShape& s, const AlignParams& prm, int64_t k, int64_t c0,
                      int64_t cb) {
   using A = typename Accum<T>::type;
-  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
-  if (!roi.ok) {
-    for (int64_t c = c0; c < c0 + cb; ++c)
-      for (int64_t p = 0; p < s.ph; ++p)
-        for (int64_t q = 0; q < s.pw; ++q) out[PooledIndex<kCL>(s, k, c, p, q)] = Store<T>(A(0));
-    return;
-  }
-  // Per-thread tables, reused across tasks: a task is small (one roi, one channel block)
-  // and allocating them per task cost as much as a sixth of the forward.
-  thread_local AxisTaps<A> ty, tx;
-  ty.Build(roi.y, s.ph, s.h);
-  tx.Build(roi.x, s.pw, s.w);
-  const A count = AlignSampleCount(roi);
-  const T* image = feat + FeatureIndex<kCL>(s, roi.n, c0, 0, 0);
+  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, prm);
+  if (!taps) return ZeroRoiOutput<T, kCL>(out, s, k, c0, cb);
+  const AxisTaps<A>& ty = taps->y;
+  const AxisTaps<A>& tx = taps->x;
+  const A count = taps->count;
+  const T* image = feat + FeatureIndex<kCL>(s, taps->n, c0, 0, 0);
   if (kCL) {
     AvgBinsChannelsLast(image, s.c, s.w * s.c, cb, ty, tx, count, s.ph, s.pw,
                         out + PooledIndex<kCL>(s, k, c0, 0, 0), s.c);
@@ -267,23 +294,16 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTileTask(const typename Accum<T>::type* tile,
                                             T* out, const RoiShape& s, const AlignParams& prm,
                                             int64_t k, int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
+  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, prm);
+  if (!taps) return ZeroRoiOutput<T, false>(out, s, k, c0, cb);
   const int64_t bins = s.ph * s.pw;
-  T* o = out + PooledIndex<false>(s, k, c0, 0, 0);
-  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
-  if (!roi.ok) {
-    std::fill(o, o + cb * bins, Store<T>(A(0)));
-    return;
-  }
-  thread_local AxisTaps<A> ty, tx;
   // Rounded into T as they leave the registers, eight lanes at a time (as the NHWC forward
   // does); the transpose then only moves them.
   thread_local std::vector<T> sums;
-  ty.Build(roi.y, s.ph, s.h);
-  tx.Build(roi.x, s.pw, s.w);
   sums.resize(static_cast<size_t>(bins * cb));
-  AvgBinsChannelsLast(tile + roi.n * s.h * s.w * cb, cb, s.w * cb, cb, ty, tx,
-                      AlignSampleCount(roi), s.ph, s.pw, sums.data(), cb);
-  ToPlanes(sums.data(), bins, cb, o, bins);
+  AvgBinsChannelsLast(tile + taps->n * s.h * s.w * cb, cb, s.w * cb, cb, taps->y, taps->x,
+                      taps->count, s.ph, s.pw, sums.data(), cb);
+  ToPlanes(sums.data(), bins, cb, out + PooledIndex<false>(s, k, c0, 0, 0), bins);
 }
 
 // Phases per block of channels: copy the block to the tile (tasks of about 256 KiB), then
@@ -346,16 +366,13 @@ void BuildAvgBwdRoi(const A* rois, int64_t k, const RoiShape& s, const AlignPara
                     AvgBwdTable<A>* table) {
   RowSpan& span = table->span[k];
   span = RowSpan{};
-  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
-  if (!roi.ok) return;
-  thread_local AxisTaps<A> ty, tx;
-  ty.Build(roi.y, s.ph, s.h, AlignSampleCount(roi));
-  tx.Build(roi.x, s.pw, s.w);
+  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, prm, /*fold_count=*/true);
+  if (!taps) return;
   AvgBwdRoi<A>& r = table->roi[k];
-  r.fy.Build(ty, s.ph);
-  r.fx.Build(tx, s.pw);
+  r.fy.Build(taps->y, s.ph);
+  r.fx.Build(taps->x, s.pw);
   if (r.fy.size() == 0 || r.fx.size() == 0) return;
-  span = RowSpan{roi.n, r.fy.pixel.front(), r.fy.pixel.back() + 1};
+  span = RowSpan{taps->n, r.fy.pixel.front(), r.fy.pixel.back() + 1};
 }
 
 // Copies roi k's gradient [C, PH, PW] to [PH, PW, C] in blocks of 8 channels (contiguous
@@ -559,12 +576,10 @@ JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::
   using A = typename Accum<T>::type;
   const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
   if (!roi.ok) {
+    ZeroRoiOutput<T, kCL>(out, s, k, c0, cb);
     for (int64_t c = c0; c < c0 + cb; ++c)
       for (int64_t p = 0; p < s.ph; ++p)
-        for (int64_t q = 0; q < s.pw; ++q) {
-          out[PooledIndex<kCL>(s, k, c, p, q)] = Store<T>(A(0));
-          argmax[PooledIndex<kCL>(s, k, c, p, q)] = -1;
-        }
+        for (int64_t q = 0; q < s.pw; ++q) argmax[PooledIndex<kCL>(s, k, c, p, q)] = -1;
     return;
   }
   thread_local AxisSamples<A> sy, sx;  // reused across tasks, like the avg taps
