@@ -103,9 +103,9 @@ __attribute__((always_inline)) inline void ToPlanes(const S* src, int64_t n, int
     for (; i + 8 <= n; i += 8) {
       for (c = 0; c + 8 <= cb; c += 8) {
         Float8 r[8];
-        for (int j = 0; j < 8; ++j) std::memcpy(&r[j], src + (i + j) * cb + c, sizeof r[j]);
+        for (int j = 0; j < 8; ++j) LoadLanes<float>(src + (i + j) * cb + c, &r[j]);
         Transpose8x8(r);
-        for (int j = 0; j < 8; ++j) std::memcpy(dst + (c + j) * plane + i, &r[j], sizeof r[j]);
+        for (int j = 0; j < 8; ++j) StoreLanes<float>(&r[j], dst + (c + j) * plane + i);
       }
       for (; c < cb; ++c)
         for (int64_t j = i; j < i + 8; ++j) dst[c * plane + j] = src[j * cb + c];
@@ -131,7 +131,7 @@ __attribute__((always_inline)) inline void FromPlanes(const S* src, int64_t plan
         Float8 r[8];
         for (int j = 0; j < 8; ++j) LoadLanes<float>(src + (c + j) * plane + i, &r[j]);
         Transpose8x8(r);
-        for (int j = 0; j < 8; ++j) std::memcpy(dst + (i + j) * cb + c, &r[j], sizeof r[j]);
+        for (int j = 0; j < 8; ++j) StoreLanes<float>(&r[j], dst + (i + j) * cb + c);
       }
       for (int64_t i = n8; i < n; ++i)
         for (int64_t j = c; j < c + 8; ++j) dst[i * cb + j] = Load<D>(src[j * plane + i]);
@@ -529,8 +529,8 @@ JAX_ROI_CPU_KERNEL void AlignAvgBwdBandTask(const T* grad,
       LoadLanes<A>(d + c + kL, &d1);
       d0 += acc0;
       d1 += acc1;
-      std::memcpy(d + c, &d0, sizeof d0);
-      std::memcpy(d + c + kL, &d1, sizeof d1);
+      StoreLanes<A>(&d0, d + c);
+      StoreLanes<A>(&d1, d + c + kL);
     }
     for (; c < cb; ++c) {
       A acc = A(0);
