@@ -408,19 +408,11 @@ void BuildAvgBwdRoi(const A* rois, int64_t k, const RoiShape& s, const AlignPara
   span = RowSpan{taps->n, r.fy.pixel.front(), r.fy.pixel.back() + 1};
 }
 
-// Copies roi k's gradient [C, PH, PW] to [PH, PW, C] in blocks of 8 channels (contiguous
-// 8-element stores; the roi's 49 x 8 source elements stay in L1).
+// Copies roi k's gradient [C, PH, PW] to [PH, PW, C], widened to the accumulator type.
 template <typename T, typename A>
-void TransposeRoiGrad(const T* grad, int64_t k, const RoiShape& s, A* out) {
+JAX_ROI_CPU_KERNEL void TransposeRoiGrad(const T* grad, int64_t k, const RoiShape& s, A* out) {
   const int64_t bins = s.ph * s.pw;
-  const T* g = grad + k * s.c * bins;
-  A* o = out + k * s.c * bins;
-  int64_t c = 0;
-  for (; c + 8 <= s.c; c += 8)
-    for (int64_t i = 0; i < bins; ++i)
-      for (int64_t j = 0; j < 8; ++j) o[i * s.c + c + j] = Load<A>(g[(c + j) * bins + i]);
-  for (; c < s.c; ++c)
-    for (int64_t i = 0; i < bins; ++i) o[i * s.c + c] = Load<A>(g[c * bins + i]);
+  FromPlanes(grad + k * s.c * bins, bins, bins, s.c, out + k * s.c * bins);
 }
 
 // Backward tasks: (image, band of rows, channel block), each band's gradient about 512 KiB of
