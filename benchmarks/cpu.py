@@ -1,6 +1,6 @@
 """CPU benchmark: jax_roi's kernels against the pure-JAX implementation and onnxruntime.
 
-    python benchmarks/cpu.py            # full table (about 2 minutes on 2 cores)
+    python benchmarks/cpu.py            # full table (about 5 minutes on 2 cores)
     python benchmarks/cpu.py --quick    # fewer repetitions
 
 Shapes are Mask R-CNN's (torchvision defaults): box head N=2, C=256, K=512 rois pooled to
@@ -9,13 +9,14 @@ and a 200x304 map, in both layouts. Times are medians of blocked wall-clock runs
 warm-up, in milliseconds. Columns:
   fwd           jax_roi roi_align forward
   ort           onnxruntime RoiAlign (avg, half_pixel, NCHW only), same threads, timed in
-                turns with fwd (fwd, ort, fwd, ort, ...)
+                turns with fwd (blocks of back-to-back runs: see `alternating`)
   fwd/ort       ratio (targets: <= 0.5 NCHW, <= 0.125 NHWC)
   ref fwd       the pure-JAX implementation (jax_roi._reference) under jit
   fwd+bwd       jax_roi forward + backward (value_and_grad)
   ref f+b       pure-JAX forward + backward, timed in turns with fwd+bwd
   speedup       ref f+b / fwd+bwd (target >= 10)
-  1-core fwd    jax_roi forward pinned to one core (a subprocess); pool speedup = its ratio
+  1-core fwd    jax_roi forward in a subprocess pinned to one core
+  pool x        1-core fwd / the forward on every core, both from pool_speedups (target >= 1.6)
   tmp/out       XLA temp bytes of the compiled forward / output bytes (target <= 1)
 """
 
@@ -61,17 +62,25 @@ def bench(fn, *args, reps):
     return alternating([lambda: jax.block_until_ready(fn(*args))], reps)[0]
 
 
-def alternating(calls, reps):
-    """Median ms of each call, timed in turns (a, b, a, b, ...) after one warm-up each: on a
-    shared machine a busy spell then slows both sides of a ratio alike."""
-    for call in calls:
-        call()
+def alternating(calls, reps, rounds=5):
+    """Median ms of each call over `reps` timed runs: `rounds` rounds, each running every call
+    in turn as a block (one untimed warm-up, then reps / rounds timed runs back to back).
+
+    Blocks in turns: a busy spell on the shared machine then slows both sides of a ratio
+    alike. Runs back to back within a block: a call that follows an idle spell or another
+    op (onnxruntime, the other side) is slowed for reasons that are not its own (on the CI
+    VM the jax_roi box-head forward took 3 ms back to back, 5 ms after a 45 ms sleep, 7 to 12
+    ms right after an onnxruntime call: the idle second vCPU is handed to a neighbour, and
+    caches go cold), which would penalise the shorter op of each pair."""
+    per_block = max(1, -(-reps // rounds))
     times = [[] for _ in calls]
-    for _ in range(reps):
+    for _ in range(rounds):
         for call, ts in zip(calls, times):
-            t0 = time.perf_counter()
             call()
-            ts.append(time.perf_counter() - t0)
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                call()
+                ts.append(time.perf_counter() - t0)
     return [1e3 * float(np.median(ts)) for ts in times]
 
 
@@ -139,9 +148,11 @@ def reference_fns(layout, p):
     return fwd, fwd_bwd
 
 
-def single_core_forward(reps):
-    """Runs in a subprocess pinned to one core: jax_roi forward per case and layout."""
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+def forward_times(reps, one_core=False):
+    """jax_roi forward per case and layout (ms). With `one_core`, in a process pinned to one
+    core before jax starts (so XLA's pool has one thread): the subprocess of pool_speedups."""
+    if one_core:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import jax.numpy as jnp
 
     result = {}
@@ -154,19 +165,34 @@ def single_core_forward(reps):
     return result
 
 
+def pool_speedups(reps, quick, rounds=3):
+    """(1-core forward ms, its ratio to the all-cores forward) per case and layout: rounds of
+    a pinned subprocess, each followed by the same forwards in this process, the two sides
+    of each ratio measured minutes apart at most (a shared machine's load drifts)."""
+    one, every = {}, {}
+    for _ in range(rounds):
+        out = subprocess.run(
+            [sys.executable, __file__, "--single-core-json"] + (["--quick"] if quick else []),
+            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        for key, ms in json.loads(out).items():
+            one.setdefault(key, []).append(ms)
+        for key, ms in forward_times(reps).items():
+            every.setdefault(key, []).append(ms)
+    return {key: (float(np.median(one[key])), float(np.median(one[key]) / np.median(every[key])))
+            for key in one}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--single-core-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    reps = 5 if args.quick else 15
+    reps = 5 if args.quick else 30
     if args.single_core_json:
-        print(json.dumps(single_core_forward(reps)))
+        print(json.dumps(forward_times(reps, one_core=True)))
         return
 
-    single = json.loads(subprocess.run(
-        [sys.executable, __file__, "--single-core-json"] + (["--quick"] if args.quick else []),
-        check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    pool = pool_speedups(reps, args.quick, rounds=1 if args.quick else 3)
 
     import jax
     import jax.numpy as jnp
@@ -204,10 +230,10 @@ def main():
             t_fb, t_ref_fb = alternating([lambda: jax.block_until_ready(fwd_bwd(fj, rj, g)),
                                           lambda: jax.block_until_ready(ref_fwd_bwd(fj, rj, g))],
                                          reps)
-            t_one = single[f"{name}/{layout}"]
+            t_one, pool_x = pool[f"{name}/{layout}"]
             rows.append((name, layout, f"{t_fwd:.2f}", f"{ort_ms:.2f}", f"{t_fwd / ort_ms:.3f}",
                          f"{t_ref:.1f}", f"{t_fb:.2f}", f"{t_ref_fb:.1f}",
-                         f"{t_ref_fb / t_fb:.1f}", f"{t_one:.2f}", f"{t_one / t_fwd:.2f}",
+                         f"{t_ref_fb / t_fb:.1f}", f"{t_one:.2f}", f"{pool_x:.2f}",
                          f"{tmp / out.nbytes:.2f}"))
             print("  done:", name, layout, file=sys.stderr)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
