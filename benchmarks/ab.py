@@ -6,10 +6,10 @@
 OLD and NEW are directories that hold an importable `jax_roi` package with its built
 extension (a copy of the package directory, a worktree after `pip install -e`, a
 site-packages). Each round runs one process per build and layout, OLD then NEW, each timing
-the roi_align forward (benchmarks/cpu.py's shapes and settings) over `--reps` calls after a
-warm-up. On a shared machine a neighbour's load changes absolute times by 2x within minutes;
-alternating the builds exposes both to the same spells, so compare the rows of one run, not
-runs of different times. Prints the median of each process and old/new per case.
+the roi_align forward (benchmarks/cpu.py's shapes, settings and timing: `forward_times`)
+over `--reps` calls. On a shared machine a neighbour's load changes absolute times by 2x
+within minutes; alternating the builds exposes both to the same spells, so compare the rows
+of one run, not runs of different times. Prints the median of each process and old/new per case.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from functools import partial
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -30,32 +26,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def child(root, layout, only, reps):
     sys.path.insert(0, root)
     sys.path.insert(1, HERE)
-    import jax
-    import jax.numpy as jnp
-
     import jax_roi
-    from cpu import CASES, RATIO, SCALE, make_inputs
+    from cpu import forward_times
 
     if not os.path.abspath(jax_roi.__file__).startswith(os.path.abspath(root)):
         raise SystemExit(f"imported {jax_roi.__file__}, not the build under {root}")
-    result = {}
-    for name, n, c, h, w, k, p in CASES:
-        if only and only not in name:
-            continue
-        feats, rois = make_inputs(n, c, h, w, k)
-        if layout == "NHWC":
-            feats = np.ascontiguousarray(feats.transpose(0, 2, 3, 1))
-        fj, rj = jnp.asarray(feats), jnp.asarray(rois)
-        fwd = jax.jit(partial(jax_roi.roi_align, output_size=p, spatial_scale=SCALE,
-                              sampling_ratio=RATIO, aligned=True, layout=layout))
-        jax.block_until_ready(fwd(fj, rj))
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fwd(fj, rj))
-            times.append(time.perf_counter() - t0)
-        result[name] = 1e3 * float(np.median(times))
-    return result
+    times = forward_times(reps, layouts=(layout,), only=only)
+    return {key.rsplit("/", 1)[0]: ms for key, ms in times.items()}
 
 
 def main():

@@ -451,7 +451,7 @@ __attribute__((always_inline)) inline void StoreRun(const A* src, int64_t n, A d
   int64_t i = 0;
   for (; i + kL <= n; i += kL) {
     V v;
-    std::memcpy(&v, src + i, sizeof v);
+    LoadLanes<A>(src + i, &v);
     v /= divisor;
     StoreLanes<A>(&v, dst + i);
   }
