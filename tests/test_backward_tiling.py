@@ -53,3 +53,31 @@ def test_tiled_backward_matches_oracle(shape, dtype, layout):
     geometry = 4 * max(h, w) * float(np.finfo(np.float32).eps) * scale
     np.testing.assert_allclose(np.asarray(out, np.float64), expected_out, rtol=0,
                                atol=tol(dtype) * scale + geometry, err_msg=f"{shape} {layout}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op,mode", [("roi_align", "avg"), ("roi_align", "max"),
+                                     ("roi_pool", None)])
+def test_invalid_rows_across_channel_blocks(op, mode, layout):
+    """Rows that add nothing (batch index -1 or N, NaN corners) among valid ones, with more
+    channels than one task's block (avg NHWC: 256, max NHWC: 64): their output (and the max
+    modes' argmax, through the gradient) is filled block by block in memory order, and must
+    be zero in every block, the ragged last one included, while the valid rows around them
+    keep their values."""
+    n, c, h, w = 2, 300, 12, 9
+    rng = rng_for("invalid-rows-blocks", op, mode, layout)
+    x = random_features(rng, (n, c, h, w), np.float32, layout)
+    rois = random_rois(rng, 10, n, h, w, 0.5, dtype=np.float32)
+    rois[1, 0], rois[4, 0], rois[8, 1] = -1, n, np.nan
+    kw = dict(output_size=(3, 4), spatial_scale=0.5, layout=layout)
+    if op == "roi_align":
+        kw.update(sampling_ratio=2, aligned=True, mode=mode)
+    out_shape = (10, c, 3, 4) if layout == "NCHW" else (10, 3, 4, c)
+    g = rng.standard_normal(out_shape).astype(np.float32)
+    out, gx = lib_vjp(op, x, rois, g, **kw)
+    out = np.asarray(out, np.float64)
+    for k in (1, 4, 8):
+        assert not np.any(out[k]), f"row {k} is not zero"
+    np.testing.assert_allclose(out, oracle_fwd(op, x, rois, **kw), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gx, np.float64), oracle_grad(op, x, rois, g, **kw),
+                               rtol=0, atol=1e-4)
