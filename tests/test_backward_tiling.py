@@ -21,6 +21,8 @@ SHAPES = [  # N, C, H, W: what the plan makes of it (float32 accumulators)
     pytest.param((2, 130, 9, 1100), id="blocks-64-64-2_band-1-row"),  # C*W*4 > 512 KiB
     pytest.param((2, 16, 400, 50), id="all-channels_bands-of-163-rows"),
     pytest.param((2, 300, 12, 9), id="forward-blocks-256-44"),
+    # Wide rows: every channel in bands of 2 rows, so most rois span several bands.
+    pytest.param((2, 40, 40, 1100), id="all-channels_bands-of-2-rows"),
 ]
 
 
