@@ -2,6 +2,7 @@
 
     python benchmarks/cpu.py            # full table (about 5 minutes on 2 cores)
     python benchmarks/cpu.py --quick    # fewer repetitions
+    python benchmarks/cpu.py --traffic  # each shape's unavoidable bytes, for memory_floor.c
 
 Shapes are Mask R-CNN's (torchvision defaults): box head N=2, C=256, K=512 rois pooled to
 7x7, mask head K=128 to 14x14, sampling_ratio=2, aligned=True, spatial_scale=1/4, on a 64x64
@@ -62,6 +63,38 @@ def make_inputs(n, c, h, w, k, seed=0, scale=SCALE):
     y1 = rng.uniform(0, img_h - bh)
     rois = np.stack([rng.integers(0, n, k), x1, y1, x1 + bw, y1 + bh], 1).astype(np.float32)
     return feats, rois
+
+
+def touched_feature_bytes(rois, n, c, h, w, p, itemsize=4):
+    """Bytes of the features [N, H, W, C] that some roi's interpolation taps read with a
+    nonzero weight (aligned=True, sampling_ratio=RATIO, scale=SCALE): what any roi_align
+    forward on these rois must load at least once."""
+    touched = np.zeros((n, h, w), bool)
+    grid = (np.arange(p)[:, None] + (np.arange(RATIO)[None, :] + 0.5) / RATIO).ravel()
+
+    def taps(lo_edge, hi_edge, size):
+        start = lo_edge * SCALE - 0.5
+        coord = start + grid * (hi_edge * SCALE - 0.5 - start) / p
+        coord = np.maximum(coord[(coord >= -1) & (coord <= size)], 0)
+        low = np.floor(coord).astype(int)
+        at_end = low >= size - 1
+        high = low[~at_end & (coord > low)] + 1  # a zero-weight upper tap is not read
+        return np.unique(np.concatenate([np.minimum(low, size - 1), high]))
+
+    for b, x1, y1, x2, y2 in np.asarray(rois, np.float64):
+        if 0 <= b < n:
+            touched[int(b), taps(y1, y2, h)[:, None], taps(x1, x2, w)[None, :]] = True
+    return int(touched.sum()) * c * itemsize
+
+
+def print_traffic():
+    """memory_floor.c's arguments for every shape: the gradient it writes, the features it
+    must read, the output it writes (and whose gradient it reads), in MB of float32."""
+    for name, n, c, h, w, k, p in CASES:
+        _, rois = make_inputs(n, c, h, w, k)
+        grad, read = n * c * h * w * 4, touched_feature_bytes(rois, n, c, h, w, p)
+        out = k * c * p * p * 4
+        print(f"{name}: memory_floor {grad / 1e6:.1f} {read / 1e6:.1f} {out / 1e6:.1f}")
 
 
 def bench(fn, *args, reps):
@@ -197,8 +230,13 @@ def pool_speedups(reps, quick, rounds=3):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--traffic", action="store_true",
+                        help="print each shape's memory_floor.c arguments and exit")
     parser.add_argument("--single-core-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.traffic:
+        print_traffic()
+        return
     reps = 5 if args.quick else 30
     if args.single_core_json:
         print(json.dumps(forward_times(reps, one_core=True)))
