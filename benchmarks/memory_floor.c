@@ -72,6 +72,9 @@ static int Less(const void* a, const void* b) {
   return (x > y) - (x < y);
 }
 
+// aligned_alloc wants a size that is a multiple of the alignment (and not zero).
+static char* CacheLines(size_t bytes) { return aligned_alloc(64, (bytes / 64 + 1) * 64); }
+
 static size_t Megabytes(const char* text) { return (size_t)(atof(text) * 1e6) / 32 * 32; }
 
 int main(int argc, char** argv) {
@@ -89,10 +92,10 @@ int main(int argc, char** argv) {
   }
   // The features are as large as their gradient; the reads take the first READ_MB of them.
   const size_t flush_bytes = (size_t)64 << 20;
-  features = aligned_alloc(64, grad_bytes);
-  out = aligned_alloc(64, out_bytes + 64);
-  incoming = aligned_alloc(64, out_bytes + 64);
-  char* flush = aligned_alloc(64, flush_bytes);
+  features = CacheLines(grad_bytes);
+  out = CacheLines(out_bytes);
+  incoming = CacheLines(out_bytes);
+  char* flush = CacheLines(flush_bytes);
   if (!features || !out || !incoming || !flush) return perror("aligned_alloc"), 1;
   memset(features, 1, grad_bytes);
   memset(out, 1, out_bytes);
@@ -117,5 +120,9 @@ int main(int argc, char** argv) {
          "min %.2f ms, median %.2f ms over %d calls\n",
          grad_bytes / 1e6, read_bytes / 1e6, out_bytes / 1e6, threads, ms[0], ms[kCalls / 2],
          kCalls);
+  free(flush);
+  free(incoming);
+  free(out);
+  free(features);
   return 0;
 }
