@@ -1,7 +1,7 @@
 """Every version-dependent or private JAX import of jax_roi, and nowhere else.
 
 Supported: jax/jaxlib 0.10.2 (the oldest; the kernels are built against its FFI headers)
-through 0.12.
+through 0.12.1 (the newest tested).
 """
 
 from __future__ import annotations

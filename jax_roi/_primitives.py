@@ -114,6 +114,10 @@ def _bwd_abstract(grad, rois, *argmax, feature_shape, **params):
     return jax.core.ShapedArray(tuple(feature_shape), grad.dtype)
 
 
+def _gather_abstract(features, rois, argmax, **params):
+    return jax.core.ShapedArray(argmax.shape, features.dtype)
+
+
 # ---------------------------------------------------------------------------------------
 # Batching: fold the vmapped axis into the image axis
 # ---------------------------------------------------------------------------------------
@@ -149,19 +153,21 @@ def _batch_size(args, dims) -> int:
 
 
 def _fwd_batcher(prim, args, dims, **params):
-    features, rois = args
-    f_dim, r_dim = dims
+    """features, rois (and, for the gathers, a pooled-shaped argmax) folded into one call."""
+    features, rois, *pooled = args
+    f_dim, r_dim, *p_dims = dims
     size = _batch_size(args, dims)
     if f_dim is None:
         # Shared map, per-v boxes: only the rois fold, indices unchanged.
         images = features.shape[0]
-        rois_f = jnp.moveaxis(rois, r_dim, 0).reshape((-1, 5))
+        rois_f = _fold(rois, r_dim, size)
         features_f = features
     else:
         images = tuple(d for i, d in enumerate(features.shape) if i != f_dim)[0]
         features_f = _fold(features, f_dim, size)
         rois_f = _fold_rois(rois, r_dim, size, images)
-    out = prim.bind(features_f, rois_f, **params)
+    pooled_f = [_fold(a, d, size) for a, d in zip(pooled, p_dims)]
+    out = prim.bind(features_f, rois_f, *pooled_f, **params)
     unfold = lambda y: y.reshape((size, -1) + y.shape[1:])
     if prim.multiple_results:
         return [unfold(y) for y in out], [0] * len(out)
@@ -202,14 +208,26 @@ roi_pool_fwd_p = _define(
 roi_pool_bwd_p = _define(
     "roi_pool_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
     batcher=_bwd_batcher, attrs=_POOL_ATTRS, backward=True)
+# The features read at recorded winners: the JVP of a max-type forward and the transpose of
+# its backward. Pure JAX on every platform (no kernel): only grad of grad and forward-mode
+# differentiation of the max modes run it.
+roi_align_max_gather_p = _define(
+    "roi_align_max_gather", multiple_results=False, abstract_eval=_gather_abstract,
+    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS, backward=False)
+roi_pool_gather_p = _define(
+    "roi_pool_gather", multiple_results=False, abstract_eval=_gather_abstract,
+    batcher=_fwd_batcher, attrs=_POOL_ATTRS, backward=False)
 
 
 # ---------------------------------------------------------------------------------------
 # Linearity: JVP and transpose rules
 #
 # roi_align avg is linear in the features and its backward is its transpose; each max-type
-# backward is linear in the gradient (argmax fixed) and its transpose gathers the recorded
-# winner. The rois and argmax are constants of these maps and get no tangent.
+# backward is linear in the gradient (argmax fixed) and its transpose is the gather of the
+# recorded winners, and the other way round. The rois and argmax are constants of these maps
+# and get no tangent. Declaring the linearity here, on the primitives, lets their pure-JAX
+# implementations use operations that autodiff cannot transpose (the bit-level guards that
+# keep their rounding exact).
 # ---------------------------------------------------------------------------------------
 
 def _linear_in_first(prim):
@@ -234,35 +252,23 @@ def _transpose_rule(transpose: Callable[..., Any]):
     return rule
 
 
-def _avg_fwd_transpose(ct, features_aval, rois, **params):
-    return roi_align_avg_bwd_p.bind(ct, rois, feature_shape=tuple(features_aval.shape), **params)
+def _to_backward(bwd_prim):
+    """Transpose of a forward-like map (features -> pooled): its backward primitive."""
+    def transpose(ct, features_aval, *consts, **params):
+        return bwd_prim.bind(ct, *consts, feature_shape=tuple(features_aval.shape), **params)
+
+    return transpose
 
 
-def _avg_bwd_transpose(ct, grad_aval, rois, *, feature_shape, **params):
-    return roi_align_avg_fwd_p.bind(ct, rois, **params)
+def _to_forward(fwd_prim):
+    """Transpose of a backward (pooled -> features): its forward-like primitive."""
+    def transpose(ct, grad_aval, *consts, feature_shape, **params):
+        return fwd_prim.bind(ct, *consts, **params).astype(grad_aval.dtype)
+
+    return transpose
 
 
-def _max_gather(features, rois, argmax, deterministic=False, **params):
-    from . import _reference
-
-    return _reference.roi_align_max_gather(features, rois, argmax, **params)
-
-
-def _pool_gather(features, rois, argmax, deterministic=False, **params):
-    from . import _reference
-
-    return _reference.roi_pool_gather(features, rois, argmax, **params)
-
-
-def _max_bwd_transpose(ct, grad_aval, rois, argmax, *, feature_shape, **params):
-    return _max_gather(ct, rois, argmax, **params).astype(grad_aval.dtype)
-
-
-def _pool_bwd_transpose(ct, grad_aval, rois, argmax, *, feature_shape, **params):
-    return _pool_gather(ct, rois, argmax, **params).astype(grad_aval.dtype)
-
-
-def _argmax_fwd_jvp(prim, gather):
+def _argmax_fwd_jvp(prim, gather_prim):
     """Max-type forwards are linear in the features once the winners are fixed: the tangent
     is the tangent map read at the recorded winners (needed when a custom_vjp's forward is
     itself differentiated, as in grad of grad)."""
@@ -273,22 +279,23 @@ def _argmax_fwd_jvp(prim, gather):
         if type(t) is _compat.Zero:
             t_out = jnp.zeros_like(out)
         else:
-            t_out = gather(_compat.instantiate_zeros(t), primals[1], argmax, **params)
-            t_out = t_out.astype(out.dtype)
+            t_out = gather_prim.bind(_compat.instantiate_zeros(t), primals[1], argmax, **params)
         return (out, argmax), (t_out, _compat.Zero(argmax.aval.to_tangent_aval()))
 
     _compat.primitive_jvps[prim] = jvp
 
 
-_argmax_fwd_jvp(roi_align_max_fwd_p, _max_gather)
-_argmax_fwd_jvp(roi_pool_fwd_p, _pool_gather)
+_argmax_fwd_jvp(roi_align_max_fwd_p, roi_align_max_gather_p)
+_argmax_fwd_jvp(roi_pool_fwd_p, roi_pool_gather_p)
 
 
 for _prim, _transpose in (
-    (roi_align_avg_fwd_p, _avg_fwd_transpose),
-    (roi_align_avg_bwd_p, _avg_bwd_transpose),
-    (roi_align_max_bwd_p, _max_bwd_transpose),
-    (roi_pool_bwd_p, _pool_bwd_transpose),
+    (roi_align_avg_fwd_p, _to_backward(roi_align_avg_bwd_p)),
+    (roi_align_avg_bwd_p, _to_forward(roi_align_avg_fwd_p)),
+    (roi_align_max_gather_p, _to_backward(roi_align_max_bwd_p)),
+    (roi_align_max_bwd_p, _to_forward(roi_align_max_gather_p)),
+    (roi_pool_gather_p, _to_backward(roi_pool_bwd_p)),
+    (roi_pool_bwd_p, _to_forward(roi_pool_gather_p)),
 ):
     _linear_in_first(_prim)
     _compat.primitive_transposes[_prim] = _transpose_rule(_transpose)

@@ -21,9 +21,9 @@ Two compiler rewrites would otherwise move them:
   once instead of twice. Products that feed an addition in the geometry (``x1 * s - 0.5``,
   ``start + p * bin``) or in a max-mode sample value go through ``_unfused``: a bit-level no-op
   (it swaps one NaN payload for another) that the compiler cannot see through, so the product
-  is rounded on its own as in the C++ kernels. ``roi_align_max_gather`` is transposed by the
-  library's autodiff rules, so its guard (``_unfused_linear``) is a select on the argmax input
-  instead, linear in the features.
+  is rounded on its own as in the C++ kernels. ``roi_align_max_gather`` uses the same guard:
+  it is never differentiated through its operations, because the gathers are primitives of
+  their own (`_primitives.py`) whose JVP and transpose rules declare their linearity.
 
 Both are checked against NumPy arithmetic in the compute type in tests/test_reference.py
 (max mode and roi_pool bit for bit, values and argmax).
@@ -130,18 +130,6 @@ def _unfused(x):
     bits = lax.bitcast_convert_type(x, utype)
     bits = jnp.where(bits == utype(magic), utype(repl), bits)
     return lax.bitcast_convert_type(bits, x.dtype)
-
-
-def _unfused_linear(x, key, which):
-    """x, rounded on its own, through operations that are linear in x (transposable).
-
-    A select on an integer key that is never INT32_MIN + which where the result is used: the
-    compiler cannot prove the select away, and cannot fuse a product across it. Each product
-    of a sum needs its own `which`: selects on one condition would be merged into one select
-    of the whole sum, exposing the products again.
-    """
-    sentinel = np.int32(np.iinfo(np.int32).min + which)
-    return jnp.where(key == sentinel, jnp.asarray(np.nan, x.dtype), x)
 
 
 def _round_half_away(x):
@@ -578,10 +566,9 @@ def roi_align_avg_bwd(grad, rois, *, feature_shape, pooled_h, pooled_w, spatial_
 # ---------------------------------------------------------------------------------------
 
 
-def _value4(w1, v1, w2, v2, w3, v3, w4, v4, unfused=lambda x, i: _unfused(x)):
+def _value4(w1, v1, w2, v2, w3, v3, w4, v4):
     """w1*v1 + w2*v2 + w3*v3 + w4*v4 left to right, every product rounded on its own."""
-    return (((unfused(w1 * v1, 0) + unfused(w2 * v2, 1)) + unfused(w3 * v3, 2))
-            + unfused(w4 * v4, 3))
+    return (((_unfused(w1 * v1) + _unfused(w2 * v2)) + _unfused(w3 * v3)) + _unfused(w4 * v4))
 
 
 def _first_max(sample, steps, shape, dtype):
@@ -742,12 +729,8 @@ def roi_align_max_gather(features, rois, argmax, *, pooled_h, pooled_w, spatial_
     def at(yy, xx):
         return features[lay.feature_index(nn, cc, yy, xx)].astype(A)
 
-    # The forward's expression, so that the gathered value is the recorded maximum bit for
-    # bit, with an FMA guard that is linear in the features: the library's JVP of the max
-    # forward applies this map to tangents and transposes it.
-    key = argmax.astype(jnp.int32)
-    val = _value4(w1, at(yl, xl), w2, at(yl, xh), w3, at(yh, xl), w4, at(yh, xh),
-                  unfused=lambda x, i: _unfused_linear(x, key, i))
+    # The forward's expression, so that the gathered value is the recorded maximum bit for bit.
+    val = _value4(w1, at(yl, xl), w2, at(yl, xh), w3, at(yh, xl), w4, at(yh, xh))
     return jnp.where(use, val, A(0)).astype(dtype)
 
 

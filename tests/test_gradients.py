@@ -176,3 +176,40 @@ def test_jit_and_vmap_of_grad(op, mode, layout):
         y = oracle_fwd(op, xs[i], rois, **kw)
         want = oracle_grad(op, xs[i], rois, 2 * wts * y, **kw)
         np.testing.assert_allclose(loop[i], want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gathers_are_transposes_of_the_backwards(layout):
+    """The winner gathers (JVPs of the max forwards) and the max backwards are primitives
+    declared transposes of each other: jax.linear_transpose and grad through a gather give
+    the backward, and through a backward give the gather, to float64 rounding."""
+    from jax_roi import _primitives as prims
+
+    rng = np.random.default_rng(16)
+    cl = layout == "NHWC"
+    feats = rng.standard_normal((1, 6, 7, 2) if cl else (1, 2, 6, 7))
+    rois = np.array([[0, 0.5, 0.5, 5, 5], [0, 1, 1, 3, 4.5], [0, -2, -2, 9, 9]])
+    align = dict(pooled_h=2, pooled_w=2, spatial_scale=1.0, sampling_ratio=2, aligned=False,
+                 channels_last=cl, deterministic=False)
+    pool = dict(pooled_h=2, pooled_w=2, spatial_scale=1.0, channels_last=cl,
+                deterministic=False)
+    for fwd, gather_p, bwd_p, p in (
+            (prims.roi_align_max_fwd_p, prims.roi_align_max_gather_p, prims.roi_align_max_bwd_p,
+             align),
+            (prims.roi_pool_fwd_p, prims.roi_pool_gather_p, prims.roi_pool_bwd_p, pool)):
+        _, arg = fwd.bind(feats, rois, **p)
+        c = rng.standard_normal(arg.shape)
+        bwd = bwd_p.bind(c, rois, arg, feature_shape=feats.shape, **p)
+        gathered = gather_p.bind(feats, rois, arg, **p)
+        assert np.any(np.asarray(gathered)) and np.any(np.asarray(bwd))
+        gather = lambda f: gather_p.bind(f, rois, arg, **p)
+        (lt,) = jax.linear_transpose(gather, feats)(c)
+        np.testing.assert_allclose(lt, bwd, rtol=1e-13, atol=1e-13)
+        gr = jax.jit(jax.grad(lambda f: jnp.vdot(gather(f), c)))(feats)
+        np.testing.assert_allclose(gr, bwd, rtol=1e-13, atol=1e-13)
+        backward = lambda g: bwd_p.bind(g, rois, arg, feature_shape=feats.shape, **p)
+        (lt,) = jax.linear_transpose(backward, c)(feats)
+        np.testing.assert_allclose(lt, gathered, rtol=1e-13, atol=1e-13)
+        # <bwd(c), x> == <c, gather(x)>
+        np.testing.assert_allclose(np.vdot(bwd, feats), np.vdot(c, gathered), rtol=1e-12)
+

@@ -817,26 +817,6 @@ def test_backwards_are_transposes():
         np.testing.assert_allclose(np.vdot(back, other), np.vdot(g, gath), rtol=1e-12)
 
 
-def test_gathers_are_linear_and_differentiable():
-    """The library transposes the gathers (JVPs of the max forwards) and differentiates them
-    again: only transposable operations may touch the features."""
-    rng = np.random.default_rng(16)
-    feats = rng.standard_normal((1, 2, 6, 7))
-    rois = np.array([[0, 0.5, 0.5, 5, 5], [0, 1, 1, 3, 4.5], [0, -2, -2, 9, 9]])
-    for name, fwd, p in (
-            ("roi_align_max_gather", "roi_align_max_fwd",
-             align_params((2, 2), 1.0, 2, False, False)),
-            ("roi_pool_gather", "roi_pool_fwd", pool_params((2, 2), 1.0, False))):
-        _, arg = call(fwd, feats, rois, **p)
-        c = rng.standard_normal(arg.shape)
-        bwd = call(name.replace("gather", "bwd"), c, rois, arg, feature_shape=feats.shape, **p)
-        gather = functools.partial(getattr(ref, name), rois=rois, argmax=arg, **p)
-        (lt,) = jax.linear_transpose(gather, feats)(c)
-        assert_close(lt, bwd, F64, name + " linear_transpose")
-        gr = jax.jit(jax.grad(lambda f: jnp.vdot(gather(f), c)))(feats)
-        assert_close(gr, bwd, F64, name + " grad")
-
-
 def test_arbitrary_argmax_is_safe():
     """Out-of-range recorded indices are ignored, never read or written out of bounds."""
     rng = np.random.default_rng(13)
