@@ -1,6 +1,7 @@
 """Loads the compiled kernels and registers them as XLA FFI targets.
 
-`CPU_TARGETS` lists what the CPU extension provides, `CUDA_TARGETS` what the CUDA extension
+`TARGETS` is every FFI target of the op list (xla_kernels/include/jax_roi/op_list.h, read
+from the compiled CPU module), `CPU_TARGETS` what the CPU extension registered, `CUDA_TARGETS` what the CUDA extension
 provides (empty when it was not built); `cuda_available()` says whether the CUDA extension
 was built and a CUDA backend exists in this process (jax_roi imports cleanly without either).
 
@@ -17,17 +18,6 @@ import os
 import warnings
 
 from . import _compat
-
-# Every FFI target name, mirrored from the primitive names in _primitives.py.
-TARGETS = (
-    "jax_roi_roi_align_avg_fwd",
-    "jax_roi_roi_align_avg_bwd",
-    "jax_roi_roi_align_max_fwd",
-    "jax_roi_roi_align_max_bwd",
-    "jax_roi_roi_pool_fwd",
-    "jax_roi_roi_pool_bwd",
-)
-
 
 def _register(module_name: str, platform: str) -> frozenset[str]:
     try:
@@ -59,6 +49,10 @@ def _register_optional(module_name: str, platform: str) -> frozenset[str]:
 
 
 CPU_TARGETS: frozenset[str] = _register("_jax_roi_cpu", "cpu")
+# Every FFI target, from the op list the kernels were compiled with
+# (xla_kernels/include/jax_roi/op_list.h): "jax_roi_<op>", the primitive `<op>_p`'s target.
+TARGETS: tuple[str, ...] = tuple(
+    f"jax_roi_{op}" for op in importlib.import_module("jax_roi._jax_roi_cpu").ops())
 # Upper-case "CUDA": the XLA platform name (lower case would be accepted and never used).
 CUDA_TARGETS: frozenset[str] = _register_optional("_jax_roi_cuda", "CUDA")
 

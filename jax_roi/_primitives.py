@@ -1,8 +1,8 @@
 """One JAX primitive per kernel: abstract eval, batching rule, and lowerings.
 
 Names mirror all the way down: `roi_align_avg_fwd_p` -> FFI target
-`jax_roi_roi_align_avg_fwd` -> C++ handlers `RoiAlignAvgFwdCpu` and `RoiAlignAvgFwdCuda`
-(the latter -> CUDA launcher `LaunchRoiAlignAvgFwd`).
+`jax_roi_roi_align_avg_fwd` (a row of xla_kernels/include/jax_roi/op_list.h) -> policy
+`ops::RoiAlignAvgFwd` -> handlers `RoiAlignAvgFwdCpu` and `RoiAlignAvgFwdCuda`.
 
 Each primitive lowers to its C++ kernel on CPU, to its CUDA kernel on "cuda" when the CUDA
 extension was built (whether or not this process has a GPU: lowering for CUDA works
@@ -12,10 +12,10 @@ Batching rules fold a vmapped axis into the kernel's own image axis (features [V
 primitives are linear in the incoming gradient and carry JVP and transpose rules, so
 gradients of gradients work.
 
-Every primitive carries the `deterministic` parameter (forward ones only so that a
-transpose, which turns a forward into a backward and back, keeps it); only the CUDA
-backward lowerings pass it on, as an FFI attribute. The CPU kernels are always
-deterministic and do not declare it.
+Every primitive carries the `deterministic` parameter, and every kernel lowering passes it
+as an FFI attribute: the attributes of a family are one struct, the same for every target
+on every platform. Only the CUDA backward kernels read it (gather or atomic scatter); the
+CPU kernels are always deterministic.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ import numpy as np
 
 from . import _compat, _native
 
-# Static parameters passed to the kernels as FFI attributes, per op family.
-_ALIGN_ATTRS = ("pooled_h", "pooled_w", "spatial_scale", "sampling_ratio", "aligned", "channels_last")
-_POOL_ATTRS = ("pooled_h", "pooled_w", "spatial_scale", "channels_last")
-# The CUDA backward kernels' extra attribute: gather (bitwise reproducible) or atomic scatter.
-_DETERMINISTIC = "deterministic"
+# Static parameters passed to the kernels as FFI attributes, per op family: every target of
+# a family takes all of them on every platform (AlignAttrs / PoolAttrs in
+# xla_kernels/include/jax_roi/roi_call.h). Their names are the ABI of exported programs.
+_ALIGN_ATTRS = ("pooled_h", "pooled_w", "spatial_scale", "sampling_ratio", "aligned",
+                "channels_last", "deterministic")
+_POOL_ATTRS = ("pooled_h", "pooled_w", "spatial_scale", "channels_last", "deterministic")
 
 
 def pooled_shape(num_rois: int, channels: int, params: dict[str, Any]) -> tuple[int, ...]:
@@ -78,8 +79,7 @@ def _reference_impl(name: str) -> Callable[..., Any]:
     return impl
 
 
-def _define(name: str, *, multiple_results: bool, abstract_eval, batcher, attrs,
-            backward: bool):
+def _define(name: str, *, multiple_results: bool, abstract_eval, batcher, attrs):
     prim = _compat.Primitive(name)
     reference = _reference_impl(name)
     prim.multiple_results = multiple_results
@@ -90,8 +90,7 @@ def _define(name: str, *, multiple_results: bool, abstract_eval, batcher, attrs,
     if target in _native.CPU_TARGETS:
         _compat.register_lowering(prim, _kernel_lowering(target, attrs), platform="cpu")
     if target in _native.CUDA_TARGETS:
-        cuda_attrs = attrs + (_DETERMINISTIC,) if backward else attrs
-        _compat.register_lowering(prim, _kernel_lowering(target, cuda_attrs), platform="cuda")
+        _compat.register_lowering(prim, _kernel_lowering(target, attrs), platform="cuda")
     _compat.primitive_batchers[prim] = lambda args, dims, **params: batcher(prim, args, dims, **params)
     return prim
 
@@ -192,31 +191,31 @@ def _bwd_batcher(prim, args, dims, *, feature_shape, **params):
 
 roi_align_avg_fwd_p = _define(
     "roi_align_avg_fwd", multiple_results=False, abstract_eval=_fwd_abstract,
-    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS, backward=False)
+    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
 roi_align_avg_bwd_p = _define(
     "roi_align_avg_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS, backward=True)
+    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS)
 roi_align_max_fwd_p = _define(
     "roi_align_max_fwd", multiple_results=True, abstract_eval=_fwd_argmax_abstract,
-    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS, backward=False)
+    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
 roi_align_max_bwd_p = _define(
     "roi_align_max_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS, backward=True)
+    batcher=_bwd_batcher, attrs=_ALIGN_ATTRS)
 roi_pool_fwd_p = _define(
     "roi_pool_fwd", multiple_results=True, abstract_eval=_fwd_argmax_abstract,
-    batcher=_fwd_batcher, attrs=_POOL_ATTRS, backward=False)
+    batcher=_fwd_batcher, attrs=_POOL_ATTRS)
 roi_pool_bwd_p = _define(
     "roi_pool_bwd", multiple_results=False, abstract_eval=_bwd_abstract,
-    batcher=_bwd_batcher, attrs=_POOL_ATTRS, backward=True)
+    batcher=_bwd_batcher, attrs=_POOL_ATTRS)
 # The features read at recorded winners: the JVP of a max-type forward and the transpose of
 # its backward. Pure JAX on every platform (no kernel): only grad of grad and forward-mode
 # differentiation of the max modes run it.
 roi_align_max_gather_p = _define(
     "roi_align_max_gather", multiple_results=False, abstract_eval=_gather_abstract,
-    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS, backward=False)
+    batcher=_fwd_batcher, attrs=_ALIGN_ATTRS)
 roi_pool_gather_p = _define(
     "roi_pool_gather", multiple_results=False, abstract_eval=_gather_abstract,
-    batcher=_fwd_batcher, attrs=_POOL_ATTRS, backward=False)
+    batcher=_fwd_batcher, attrs=_POOL_ATTRS)
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Two jobs: the lowering of every primitive on platforms without a compiled kernel
 with abstract shapes: static shapes, no Python branching on array values, jit and vmap safe.
 Only public ``jax``, ``jax.numpy`` and ``jax.lax`` APIs are used.
 
-The numbers are those of shared/SEMANTICS.md, computed in the compute type ``A`` (float32 for
+The numbers are those of docs/semantics.md, computed in the compute type ``A`` (float32 for
 16/32-bit features, float64 for float64) in the evaluation order of the kernels' shared header
 (xla_kernels/include/jax_roi/roi_math.h), so that every discrete decision (which samples fall
 on the map, adaptive grid counts, roi_pool bin edges, max-mode winners) is the kernels' own.

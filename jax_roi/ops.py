@@ -112,7 +112,7 @@ def roi_align(
       ``[K, C, PH, PW]`` (NCHW) or ``[K, PH, PW, C]`` (NHWC), dtype of ``features``.
 
     Differentiable w.r.t. ``features`` (``jax.grad``, ``vmap``, grad of grad); the gradient
-    w.r.t. ``rois`` is zero. Exact semantics: SEMANTICS.md, "roi_align".
+    w.r.t. ``rois`` is zero. Exact semantics: docs/semantics.md, "roi_align".
     """
     op = "roi_align"
     features, rois = V.features_and_rois(op, features, rois, layout)

@@ -1,7 +1,8 @@
 """Naive float64 NumPy oracle for jax_roi's roi_align / roi_pool, for tests only.
 
-A literal transcription of /work/shared/SEMANTICS.md (sections "Box formats",
-"roi_align, mode=avg", "roi_align, mode=max", "roi_pool"), written from that page alone:
+A literal transcription of the specification, docs/semantics.md (sections "Common
+conventions", "roi_align", "roi_pool"; written from the project's original specification),
+from that page alone:
 it imports nothing from jax_roi and copies no other library's code. Plain Python loops over
 rois, bins and samples (vectorised over channels only), everything in float64. Clarity over
 speed: it is meant for tiny shapes (N<=3, C<=4, H,W<=16, K<=8, 7x7 outputs).

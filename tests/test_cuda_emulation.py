@@ -118,6 +118,7 @@ def _attrs(op, *, output_size, layout, spatial_scale=1.0, aligned=False, samplin
     if op == "roi_align":
         a.update(sampling_ratio=np.int64(sampling_ratio), aligned=bool(aligned))
     a["channels_last"] = layout == "NHWC"
+    a["deterministic"] = False  # every target of a family takes the family's attributes
     return a
 
 
@@ -142,7 +143,7 @@ def _fwd(prefix, op, mode, x, rois, attrs):
 
 
 def _bwd(prefix, op, mode, g, rois, argmax, feature_shape, attrs, deterministic=None):
-    """Feature gradient from target `prefix + stem + "_bwd"` (CPU: no `deterministic`)."""
+    """Feature gradient from target `prefix + stem + "_bwd"` (the CPU ignores `deterministic`)."""
     if deterministic is not None:
         attrs = {**attrs, "deterministic": bool(deterministic)}
     args = (g, rois) if argmax is None else (g, rois, argmax)
@@ -659,8 +660,8 @@ def test_handler_checks_are_shared():
         xi = np.zeros((1, 2, 4, 4), np.int32)
         jax.block_until_ready(jax.ffi.ffi_call(
             "jax_roi_emu_roi_align_avg_bwd", jax.ShapeDtypeStruct(xi.shape, np.int32))(
-                np.zeros((3, 2, 2, 2), np.int32), np.zeros((3, 5), np.float32), **attrs,
-                deterministic=True))
+                np.zeros((3, 2, 2, 2), np.int32), np.zeros((3, 5), np.float32),
+                **{**attrs, "deterministic": True}))
 
 
 def test_emulation_marker_registered(pytestconfig):

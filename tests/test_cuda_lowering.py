@@ -68,7 +68,7 @@ def _loss(f):
 def test_forward_lowers_to_cuda_kernel(op, mode, stem):
     calls = _calls(_op(op, mode), *_args())
     assert [t for t, _ in calls] == [stem + "_fwd"]
-    assert "deterministic" not in calls[0][1]
+    assert calls[0][1]["deterministic"] == "false"
     assert calls[0][1]["channels_last"] == "false"
 
 
@@ -116,11 +116,26 @@ def test_grad_of_grad_keeps_deterministic():
     assert len(bwd) >= 2 and all(a["deterministic"] == "true" for a in bwd)
 
 
-def test_cpu_lowering_has_no_deterministic_attribute():
-    """The CPU handlers do not declare it (an undeclared attribute fails at run time)."""
-    f = _op("roi_align", "avg", deterministic=True)
-    calls = _calls(jax.grad(_loss(f)), *_args(), platform="cpu")
-    assert calls and all("deterministic" not in a for _, a in calls)
+# The attribute ABI (README, "Custom-call ABI"): one struct per op family, the same for every
+# target of the family on every platform.
+FAMILY_ATTRS = {
+    "roi_align": {"pooled_h", "pooled_w", "spatial_scale", "sampling_ratio", "aligned",
+                  "channels_last", "deterministic"},
+    "roi_pool": {"pooled_h", "pooled_w", "spatial_scale", "channels_last", "deterministic"},
+}
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda"])
+@pytest.mark.parametrize("op,mode,stem", OPS)
+def test_every_target_takes_its_family_attributes(op, mode, stem, platform):
+    """Forward and backward, CPU and CUDA: exactly the family's attributes, `deterministic`
+    included (the CPU handlers accept it and ignore it)."""
+    f = _op(op, mode, deterministic=True)
+    calls = _calls(jax.grad(_loss(f)), *_args(), platform=platform)
+    assert [t for t, _ in calls] == [stem + "_fwd", stem + "_bwd"]
+    for _, attrs in calls:
+        assert set(attrs) == FAMILY_ATTRS[op]
+        assert attrs["deterministic"] == "true"
 
 
 def test_registered_for_cuda_only_pending_a_backend():

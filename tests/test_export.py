@@ -10,6 +10,7 @@ imported jax_roi cannot run the module.
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -149,3 +150,30 @@ def test_fresh_process_without_import_cannot_run(round_trip):
     proc = _run_fresh(tmp, ["align_avg"], import_jax_roi=False)
     assert proc.returncode != 0
     assert "jax_roi_roi_align_avg_fwd" in proc.stderr
+
+
+_ARTIFACTS = sorted((pathlib.Path(__file__).parent / "data").glob("export_*.npz"))
+
+
+@pytest.mark.parametrize("path", _ARTIFACTS, ids=[p.stem for p in _ARTIFACTS])
+def test_programs_exported_by_earlier_versions_still_run(path):
+    """Programs serialized by a released version (tests/data/make_export_artifact.py) load
+    and run here with their recorded results: the targets, attribute names and operand
+    order they call are the ABI this version keeps."""
+    data = np.load(path)
+    names = sorted({k.split("/")[0] for k in data.files})
+    assert names, path
+    for name in names:
+        exp = jax.export.deserialize(bytearray(data[f"{name}/module"].tobytes()))
+        assert {"cpu", "cuda"} <= set(exp.platforms), exp.platforms
+        args = [data[k] for k in sorted(data.files) if k.startswith(f"{name}/arg")]
+        got = exp.call(*args)
+        want = [data[k] for k in sorted(data.files) if k.startswith(f"{name}/out")]
+        assert len(got) == len(want) == 2
+        for g, w in zip(got, want):
+            g = np.asarray(g)
+            assert g.shape == w.shape and g.dtype == w.dtype, name
+            np.testing.assert_allclose(g, w, rtol=1e-5 if w.dtype == np.float32 else 1e-12,
+                                       atol=1e-6 if w.dtype == np.float32 else 1e-13,
+                                       err_msg=name)
+            assert np.any(w != 0), name

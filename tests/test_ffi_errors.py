@@ -8,13 +8,14 @@ import pytest
 import jax_roi  # noqa: F401  (registers the targets)
 
 ALIGN = dict(pooled_h=np.int64(2), pooled_w=np.int64(2), spatial_scale=np.float64(1.0),
-             sampling_ratio=np.int64(2), aligned=False, channels_last=False)
+             sampling_ratio=np.int64(2), aligned=False, channels_last=False,
+             deterministic=False)
 POOL = dict(pooled_h=np.int64(2), pooled_w=np.int64(2), spatial_scale=np.float64(1.0),
-            channels_last=False)
+            channels_last=False, deterministic=False)
 F = np.zeros((1, 2, 4, 4), np.float32)
 R = np.zeros((3, 5), np.float32)
 
-# The CPU handlers' checks (the CUDA targets take other attributes).
+# The CPU handlers' checks (the CUDA handlers run the same code: ffi_checks.h).
 pytestmark = pytest.mark.usefixtures("on_cpu")
 
 

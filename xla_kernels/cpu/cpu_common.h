@@ -19,12 +19,16 @@
 
 #include "jax_roi/dtypes.h"
 #include "jax_roi/ffi_checks.h"
+#include "jax_roi/roi_call.h"
+#include "jax_roi/roi_shape.h"
 #include "jax_roi/roi_math.h"
 #include "xla/ffi/api/ffi.h"
 #include "half_lanes.h"
 
 namespace jax_roi {
 namespace cpu {
+
+namespace ffi = xla::ffi;
 
 // The hot loops are compiled twice, for baseline x86-64 (SSE2) and for AVX2, and the loader
 // picks one per machine (GCC function multiversioning, an ifunc). Each lane of a vector does
@@ -129,25 +133,24 @@ inline void PreferHugePages(void* data, size_t bytes) {
 #endif
 }
 
-// Calls f with a value of the storage type matching `type` (float, double, Half, BFloat16).
+// Calls f with a value of the storage type of `type` (float, double, Half, BFloat16).
 template <typename F>
-ffi::Future VisitFloatType(ffi::DataType type, const std::string& op, F&& f) {
+ffi::Future VisitElementType(ElementType type, F&& f) {
   switch (type) {
-    case ffi::DataType::F32:
-      return f(float{});
-    case ffi::DataType::F64:
-      return f(double{});
-    case ffi::DataType::F16:
-      return f(Half{});
-    case ffi::DataType::BF16:
-      return f(BFloat16{});
-    default:
-      return ErrorFuture(InvalidArgument(op, "features must be float16, bfloat16, float32 or "
-                                             "float64"));
+    case ElementType::kF32: return f(float{});
+    case ElementType::kF64: return f(double{});
+    case ElementType::kF16: return f(Half{});
+    case ElementType::kBF16: return f(BFloat16{});
   }
+  return ReadyFuture();
 }
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Bytes of a feature-map-shaped buffer of `elem_bytes` elements.
+inline size_t FeatureBytes(const RoiShape& s, size_t elem_bytes) {
+  return static_cast<size_t>(s.n * s.c * s.h * s.w) * elem_bytes;
+}
 
 // Most channels one task handles (the max kernels keep per-channel state on the stack).
 constexpr int64_t kMaxChannelBlock = 64;

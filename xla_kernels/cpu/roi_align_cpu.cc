@@ -11,7 +11,7 @@
 
 #include "cpu_common.h"
 #include "jax_roi/dtypes.h"
-#include "jax_roi/ffi_checks.h"
+#include "cpu_kernels.h"
 #include "jax_roi/roi_math.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -51,7 +51,7 @@ void FillRoi(U* out, const RoiShape& s, int64_t k, int64_t c0, int64_t cb, U val
 }
 
 // Roi k's output over channels [c0, c0 + cb) set to zero: the rule for a roi that adds
-// nothing (SEMANTICS.md).
+// nothing (docs/semantics.md).
 template <typename T, bool kCL>
 void ZeroRoiOutput(T* out, const RoiShape& s, int64_t k, int64_t c0, int64_t cb) {
   FillRoi<kCL>(out, s, k, c0, cb, Store<T>(typename Accum<T>::type(0)));
@@ -757,28 +757,23 @@ JAX_ROI_CPU_KERNEL void AlignMaxBwdTask(const T* grad, const typename Accum<T>::
   target.Finish();
 }
 
+}  // namespace
+
 // ----------------------------------------------------------------------------------------
-// FFI handlers
+// The CPU kernels of the roi_align targets (cpu_kernels.h)
 // ----------------------------------------------------------------------------------------
 
-ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
-                               ffi::Result<ffi::AnyBuffer> out, int64_t pooled_h,
-                               int64_t pooled_w, double spatial_scale, int64_t sampling_ratio,
-                               bool aligned, bool channels_last) {
-  RoiShape s;
-  if (auto e = CheckRoiOp("roi_align_avg_fwd", "features", features.dimensions(),
-                          features.element_type(), rois, "output", out->dimensions(),
-                          out->element_type(), nullptr,
-                          {pooled_h, pooled_w, spatial_scale, sampling_ratio, channels_last}, &s);
-      e.failure())
-    return ErrorFuture(e);
-  const AlignParams prm{spatial_scale, sampling_ratio, aligned};
-  return VisitFloatType(features.element_type(), "roi_align", [&](auto tag) {
+ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
+                   ops::RoiAlignAvgFwd) {
+  const RoiShape s = c.s;
+  const double spatial_scale = a.spatial_scale;
+  const AlignParams prm{a.spatial_scale, a.sampling_ratio, a.aligned};
+  return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
-    const T* f = reinterpret_cast<const T*>(features.untyped_data());
-    const A* r = reinterpret_cast<const A*>(rois.untyped_data());
-    T* o = reinterpret_cast<T*>(out->untyped_data());
+    const T* f = static_cast<const T*>(c.args[0]);
+    const A* r = static_cast<const A*>(c.args[1]);
+    T* o = static_cast<T*>(c.rets[0]);
     if (!s.channels_last) {
       if (const int64_t cb = TileChannels(s, sizeof(A), sizeof(T)))
         return AlignAvgFwdThroughTiles(pool, f, r, o, s, prm, cb);
@@ -790,25 +785,17 @@ ffi::Future RoiAlignAvgFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
   });
 }
 
-ffi::Future RoiAlignAvgBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBuffer rois,
-                               ffi::Result<ffi::AnyBuffer> dfeat, int64_t pooled_h,
-                               int64_t pooled_w, double spatial_scale, int64_t sampling_ratio,
-                               bool aligned, bool channels_last) {
-  RoiShape s;
-  if (auto e = CheckRoiOp("roi_align_avg_bwd", "grad_features", dfeat->dimensions(),
-                          dfeat->element_type(), rois, "grad", grad.dimensions(),
-                          grad.element_type(), nullptr,
-                          {pooled_h, pooled_w, spatial_scale, sampling_ratio, channels_last}, &s);
-      e.failure())
-    return ErrorFuture(e);
-  const AlignParams prm{spatial_scale, sampling_ratio, aligned};
-  return VisitFloatType(grad.element_type(), "roi_align", [&](auto tag) {
+ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
+                   ops::RoiAlignAvgBwd) {
+  const RoiShape s = c.s;
+  const AlignParams prm{a.spatial_scale, a.sampling_ratio, a.aligned};
+  return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
-    const T* g = reinterpret_cast<const T*>(grad.untyped_data());
-    const A* r = reinterpret_cast<const A*>(rois.untyped_data());
-    T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    PreferHugePages(d, dfeat->size_bytes());
+    const T* g = static_cast<const T*>(c.args[0]);
+    const A* r = static_cast<const A*>(c.args[1]);
+    T* d = static_cast<T*>(c.rets[0]);
+    PreferHugePages(d, FeatureBytes(s, sizeof(T)));
     const BandPlan plan = PlanBands(s, sizeof(A));
     auto table = AcquireAvgBwdTable<A>();
     table->roi.resize(s.k);
@@ -837,27 +824,18 @@ ffi::Future RoiAlignAvgBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
   });
 }
 
-ffi::Future RoiAlignMaxFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
-                               ffi::Result<ffi::AnyBuffer> out,
-                               ffi::Result<ffi::Buffer<ffi::S32>> argmax, int64_t pooled_h,
-                               int64_t pooled_w, double spatial_scale, int64_t sampling_ratio,
-                               bool aligned, bool channels_last) {
-  RoiShape s;
-  const auto argmax_dims = argmax->dimensions();
-  if (auto e = CheckRoiOp("roi_align_max_fwd", "features", features.dimensions(),
-                          features.element_type(), rois, "output", out->dimensions(),
-                          out->element_type(), &argmax_dims,
-                          {pooled_h, pooled_w, spatial_scale, sampling_ratio, channels_last}, &s);
-      e.failure())
-    return ErrorFuture(e);
-  const AlignParams prm{spatial_scale, sampling_ratio, aligned};
-  int32_t* am = argmax->typed_data();
-  return VisitFloatType(features.element_type(), "roi_align", [&](auto tag) {
+ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
+                   ops::RoiAlignMaxFwd) {
+  const RoiShape s = c.s;
+  const double spatial_scale = a.spatial_scale;
+  const AlignParams prm{a.spatial_scale, a.sampling_ratio, a.aligned};
+  int32_t* am = static_cast<int32_t*>(c.rets[1]);
+  return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
-    const T* f = reinterpret_cast<const T*>(features.untyped_data());
-    const A* r = reinterpret_cast<const A*>(rois.untyped_data());
-    T* o = reinterpret_cast<T*>(out->untyped_data());
+    const T* f = static_cast<const T*>(c.args[0]);
+    const A* r = static_cast<const A*>(c.args[1]);
+    T* o = static_cast<T*>(c.rets[0]);
     return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 32, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxFwdTask<T, true>(f, r, o, am, s, prm, k, c0, cb);
       else AlignMaxFwdTask<T, false>(f, r, o, am, s, prm, k, c0, cb);
@@ -865,27 +843,18 @@ ffi::Future RoiAlignMaxFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ff
   });
 }
 
-ffi::Future RoiAlignMaxBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBuffer rois,
-                               ffi::Buffer<ffi::S32> argmax, ffi::Result<ffi::AnyBuffer> dfeat,
-                               int64_t pooled_h, int64_t pooled_w, double spatial_scale,
-                               int64_t sampling_ratio, bool aligned, bool channels_last) {
-  RoiShape s;
-  const auto argmax_dims = argmax.dimensions();
-  if (auto e = CheckRoiOp("roi_align_max_bwd", "grad_features", dfeat->dimensions(),
-                          dfeat->element_type(), rois, "grad", grad.dimensions(),
-                          grad.element_type(), &argmax_dims,
-                          {pooled_h, pooled_w, spatial_scale, sampling_ratio, channels_last}, &s);
-      e.failure())
-    return ErrorFuture(e);
-  const AlignParams prm{spatial_scale, sampling_ratio, aligned};
-  const int32_t* am = argmax.typed_data();
-  return VisitFloatType(grad.element_type(), "roi_align", [&](auto tag) {
+ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
+                   ops::RoiAlignMaxBwd) {
+  const RoiShape s = c.s;
+  const AlignParams prm{a.spatial_scale, a.sampling_ratio, a.aligned};
+  const int32_t* am = static_cast<const int32_t*>(c.args[2]);
+  return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
-    const T* g = reinterpret_cast<const T*>(grad.untyped_data());
-    const A* r = reinterpret_cast<const A*>(rois.untyped_data());
-    T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    PreferHugePages(d, dfeat->size_bytes());
+    const T* g = static_cast<const T*>(c.args[0]);
+    const A* r = static_cast<const A*>(c.args[1]);
+    T* d = static_cast<T*>(c.rets[0]);
+    PreferHugePages(d, FeatureBytes(s, sizeof(T)));
     return RunPerImage(pool, s, sizeof(A), 16, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxBwdTask<T, true>(g, r, am, d, s, prm, n, c0, cb);
       else AlignMaxBwdTask<T, false>(g, r, am, d, s, prm, n, c0, cb);
@@ -893,46 +862,6 @@ ffi::Future RoiAlignMaxBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::A
   });
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace jax_roi
 
-namespace ffi = xla::ffi;
-
-#define JAX_ROI_ALIGN_ATTRS                 \
-  .Attr<int64_t>("pooled_h")                \
-      .Attr<int64_t>("pooled_w")            \
-      .Attr<double>("spatial_scale")        \
-      .Attr<int64_t>("sampling_ratio")      \
-      .Attr<bool>("aligned")                \
-      .Attr<bool>("channels_last")
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiAlignAvgFwdCpu, jax_roi::cpu::RoiAlignAvgFwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiAlignAvgBwdCpu, jax_roi::cpu::RoiAlignAvgBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiAlignMaxFwdCpu, jax_roi::cpu::RoiAlignMaxFwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::S32>>() JAX_ROI_ALIGN_ATTRS);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiAlignMaxBwdCpu, jax_roi::cpu::RoiAlignMaxBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS);

@@ -5,7 +5,7 @@
 
 #include "cpu_common.h"
 #include "jax_roi/dtypes.h"
-#include "jax_roi/ffi_checks.h"
+#include "cpu_kernels.h"
 #include "jax_roi/roi_math.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -107,25 +107,19 @@ JAX_ROI_CPU_KERNEL void PoolBwdTask(const T* grad, const typename Accum<T>::type
   target.Finish();
 }
 
-ffi::Future RoiPoolFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
-                           ffi::Result<ffi::AnyBuffer> out,
-                           ffi::Result<ffi::Buffer<ffi::S32>> argmax, int64_t pooled_h,
-                           int64_t pooled_w, double spatial_scale, bool channels_last) {
-  RoiShape s;
-  const auto argmax_dims = argmax->dimensions();
-  if (auto e = CheckRoiOp("roi_pool_fwd", "features", features.dimensions(),
-                          features.element_type(), rois, "output", out->dimensions(),
-                          out->element_type(), &argmax_dims,
-                          {pooled_h, pooled_w, spatial_scale, 0, channels_last}, &s);
-      e.failure())
-    return ErrorFuture(e);
-  int32_t* am = argmax->typed_data();
-  return VisitFloatType(features.element_type(), "roi_pool", [&](auto tag) {
+}  // namespace
+
+ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const PoolAttrs& a,
+                   ops::RoiPoolFwd) {
+  const RoiShape s = c.s;
+  const double spatial_scale = a.spatial_scale;
+  int32_t* am = static_cast<int32_t*>(c.rets[1]);
+  return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
-    const T* f = reinterpret_cast<const T*>(features.untyped_data());
-    const A* r = reinterpret_cast<const A*>(rois.untyped_data());
-    T* o = reinterpret_cast<T*>(out->untyped_data());
+    const T* f = static_cast<const T*>(c.args[0]);
+    const A* r = static_cast<const A*>(c.args[1]);
+    T* o = static_cast<T*>(c.rets[0]);
     return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 8, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) PoolFwdTask<T, true>(f, r, o, am, s, spatial_scale, k, c0, cb);
       else PoolFwdTask<T, false>(f, r, o, am, s, spatial_scale, k, c0, cb);
@@ -133,26 +127,17 @@ ffi::Future RoiPoolFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::A
   });
 }
 
-ffi::Future RoiPoolBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBuffer rois,
-                           ffi::Buffer<ffi::S32> argmax, ffi::Result<ffi::AnyBuffer> dfeat,
-                           int64_t pooled_h, int64_t pooled_w, double spatial_scale,
-                           bool channels_last) {
-  RoiShape s;
-  const auto argmax_dims = argmax.dimensions();
-  if (auto e = CheckRoiOp("roi_pool_bwd", "grad_features", dfeat->dimensions(),
-                          dfeat->element_type(), rois, "grad", grad.dimensions(),
-                          grad.element_type(), &argmax_dims,
-                          {pooled_h, pooled_w, spatial_scale, 0, channels_last}, &s);
-      e.failure())
-    return ErrorFuture(e);
-  const int32_t* am = argmax.typed_data();
-  return VisitFloatType(grad.element_type(), "roi_pool", [&](auto tag) {
+ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const PoolAttrs& a,
+                   ops::RoiPoolBwd) {
+  const RoiShape s = c.s;
+  const int32_t* am = static_cast<const int32_t*>(c.args[2]);
+  return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
-    const T* g = reinterpret_cast<const T*>(grad.untyped_data());
-    const A* r = reinterpret_cast<const A*>(rois.untyped_data());
-    T* d = reinterpret_cast<T*>(dfeat->untyped_data());
-    PreferHugePages(d, dfeat->size_bytes());
+    const T* g = static_cast<const T*>(c.args[0]);
+    const A* r = static_cast<const A*>(c.args[1]);
+    T* d = static_cast<T*>(c.rets[0]);
+    PreferHugePages(d, FeatureBytes(s, sizeof(T)));
     return RunPerImage(pool, s, sizeof(A), 1, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) PoolBwdTask<T, true>(g, r, am, d, s, n, c0, cb);
       else PoolBwdTask<T, false>(g, r, am, d, s, n, c0, cb);
@@ -160,32 +145,6 @@ ffi::Future RoiPoolBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBu
   });
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace jax_roi
 
-namespace ffi = xla::ffi;
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiPoolFwdCpu, jax_roi::cpu::RoiPoolFwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::S32>>()
-                                  .Attr<int64_t>("pooled_h")
-                                  .Attr<int64_t>("pooled_w")
-                                  .Attr<double>("spatial_scale")
-                                  .Attr<bool>("channels_last"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiPoolBwdCpu, jax_roi::cpu::RoiPoolBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("pooled_h")
-                                  .Attr<int64_t>("pooled_w")
-                                  .Attr<double>("spatial_scale")
-                                  .Attr<bool>("channels_last"));

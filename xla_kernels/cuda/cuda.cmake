@@ -35,9 +35,7 @@ enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
 message(STATUS "jax_roi: CUDA kernels for ${CMAKE_CUDA_ARCHITECTURES} (nvcc ${CMAKE_CUDA_COMPILER_VERSION})")
 
-add_library(jax_roi_cuda_kernels STATIC
-  xla_kernels/cuda/roi_align_kernels.cu
-  xla_kernels/cuda/roi_pool_kernels.cu)
+add_library(jax_roi_cuda_kernels STATIC xla_kernels/cuda/launch.cu)
 target_include_directories(jax_roi_cuda_kernels PRIVATE
   ${CMAKE_CURRENT_SOURCE_DIR}/xla_kernels/include)
 set_target_properties(jax_roi_cuda_kernels PROPERTIES
@@ -47,11 +45,5 @@ set_target_properties(jax_roi_cuda_kernels PROPERTIES
 target_compile_options(jax_roi_cuda_kernels PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:--fmad=false -Xcompiler=-Wall>)
 
-pybind11_add_module(_jax_roi_cuda MODULE
-  xla_kernels/python/cuda_module.cc
-  xla_kernels/cuda/roi_align_ffi.cc
-  xla_kernels/cuda/roi_pool_ffi.cc)
-target_link_libraries(_jax_roi_cuda PRIVATE
-  jax_roi_headers jax_roi_cuda_kernels CUDA::cudart_static)
-target_compile_options(_jax_roi_cuda PRIVATE ${JAX_ROI_CXX_FLAGS})
-install(TARGETS _jax_roi_cuda LIBRARY DESTINATION jax_roi)
+jax_roi_add_module(_jax_roi_cuda Cuda "jax_roi_" xla_kernels/cuda/cuda_handlers.cc)
+target_link_libraries(_jax_roi_cuda PRIVATE jax_roi_cuda_kernels CUDA::cudart_static)

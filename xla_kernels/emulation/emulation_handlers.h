@@ -1,20 +1,21 @@
-// The emulation FFI handler symbols (targets `jax_roi_emu_<op>`, platform "cpu").
+// The emulation FFI handler symbols (targets `jax_roi_emu_<name>`, platform "cpu"): one per
+// target of the op list, and the test-only extras.
 #ifndef JAX_ROI_EMULATION_HANDLERS_H_
 #define JAX_ROI_EMULATION_HANDLERS_H_
 
+#include "jax_roi/op_list.h"
 #include "xla/ffi/api/ffi.h"
 
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiAlignAvgFwdEmu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiAlignAvgBwdEmu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiAlignMaxFwdEmu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiAlignMaxBwdEmu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiPoolFwdEmu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiPoolBwdEmu);
+// The backward targets, which also get a whole-map variant (`..._whole_map`).
+#define JAX_ROI_EMU_BACKWARD_OPS(X)    \
+  X(roi_align_avg_bwd, RoiAlignAvgBwd) \
+  X(roi_align_max_bwd, RoiAlignMaxBwd) \
+  X(roi_pool_bwd, RoiPoolBwd)
 
-// Test-only: the deterministic backward with whole-map roi lists, and the roi footprints.
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiAlignAvgBwdWholeMapEmu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiAlignMaxBwdWholeMapEmu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiPoolBwdWholeMapEmu);
+#define JAX_ROI_DECLARE_EMU_WHOLE_MAP(name, Op) XLA_FFI_DECLARE_HANDLER_SYMBOL(Op##WholeMapEmu);
+JAX_ROI_EMU_BACKWARD_OPS(JAX_ROI_DECLARE_EMU_WHOLE_MAP)
+#undef JAX_ROI_DECLARE_EMU_WHOLE_MAP
+
 XLA_FFI_DECLARE_HANDLER_SYMBOL(RoiFootprintsEmu);
 
 #endif  // JAX_ROI_EMULATION_HANDLERS_H_

@@ -2,7 +2,7 @@
 //
 // XLA's FFI hands 16-bit floats over as raw uint16_t, so half and bfloat16 are thin wrappers
 // with explicit conversions: 16-bit inputs are widened to float on load, all arithmetic is
-// float, and results are rounded once on store (SEMANTICS.md, "Precision").
+// float, and results are rounded once on store (docs/semantics.md, "Precision").
 #ifndef JAX_ROI_DTYPES_H_
 #define JAX_ROI_DTYPES_H_
 

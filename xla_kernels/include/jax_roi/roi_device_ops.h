@@ -828,7 +828,7 @@ inline TilePlan MakeTilePlan(const RoiShape& s) {
 }
 
 // Scratch bytes a backward needs. Atomic: 16-bit gradients accumulate in float32
-// (SEMANTICS.md, "Precision") and are rounded once at the end; 32/64-bit ones need none.
+// (docs/semantics.md, "Precision") and are rounded once at the end; 32/64-bit ones need none.
 // Deterministic: the roi footprints and tile masks (accumulation is in registers).
 inline size_t BackwardScratchBytes(ElementType type, const RoiShape& s, bool deterministic) {
   if (deterministic) {

@@ -2,7 +2,7 @@
 //
 // Everything here works on one roi, one bin or one sample: no loops over tensors and no
 // XLA types, so that a CPU loop and a CUDA thread evaluate bit-identical expressions.
-// The formulas are those of shared/SEMANTICS.md; the comments say why they look the way
+// The formulas are those of docs/semantics.md; the comments say why they look the way
 // they do, not what they compute.
 #ifndef JAX_ROI_ROI_MATH_H_
 #define JAX_ROI_ROI_MATH_H_
