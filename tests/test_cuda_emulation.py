@@ -666,3 +666,49 @@ def test_handler_checks_are_shared():
 
 def test_emulation_marker_registered(pytestconfig):
     assert any(line.startswith("emulation:") for line in pytestconfig.getini("markers"))
+
+
+# ---------------------------------------------------------------------------------------
+# the CPU's generic executor: the same plans on XLA's thread pool
+# ---------------------------------------------------------------------------------------
+
+def _fwd_on_pool(op, mode, x, rois, attrs):
+    """(output, argmax or None) of the forward through the generic CPU executor."""
+    shape = _pooled_shape(rois.shape[0], attrs, x.shape[3 if attrs["channels_last"] else 1])
+    out = jax.ShapeDtypeStruct(shape, x.dtype)
+    name = f"{EMU_PREFIX}{OPS[op, mode]}_fwd_on_pool"
+    if _has_argmax(op, mode):
+        return jax.ffi.ffi_call(name, (out, jax.ShapeDtypeStruct(shape, np.int32)))(
+            x, rois, **attrs)
+    return jax.ffi.ffi_call(name, out)(x, rois, **attrs), None
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("op,mode", OP_PARAMS)
+def test_generic_cpu_executor_is_the_serial_plan(op, mode, dtype, layout):
+    """Targets `jax_roi_emu_<op>_on_pool` run each op's device plan through the executor that
+    serves ops without a hand-tuned CPU kernel (cpu_executor.h): phases of 256-thread chunks
+    on XLA's pool, on a call big enough to be split across its threads. Forward: the serial
+    run's bits (argmax included). Backward: always the deterministic gather, the serial
+    deterministic run's bits, whatever `deterministic` says."""
+    rng = rng_for("on_pool", op, mode, layout)
+    n, c, h, w = 2, 8, 40, 36
+    attrs = _attrs(op, output_size=(3, 2), layout=layout, aligned=True, sampling_ratio=-1)
+    x = jnp.asarray(random_features(rng, (n, c, h, w), dtype, layout))
+    rois = np.concatenate([random_rois(rng, 60, n, h, w), np.asarray(EDGE_ROWS)])
+    rois = rois.astype(compute_dtype(dtype))
+    out, argmax = _fwd(EMU_PREFIX, op, mode, x, rois, attrs)
+    pool_out, pool_argmax = _fwd_on_pool(op, mode, x, rois, attrs)
+    np.testing.assert_array_equal(_bits(pool_out), _bits(out))
+    if argmax is not None:
+        np.testing.assert_array_equal(np.asarray(pool_argmax), np.asarray(argmax))
+    g = jnp.asarray(rng.standard_normal(out.shape).astype(np.dtype(x.dtype)))
+    serial = _bwd(EMU_PREFIX, op, mode, g, rois, argmax, x.shape, attrs, True)
+    assert np.count_nonzero(as_f64(serial)) > 50
+    for deterministic in (False, True):
+        name = f"{EMU_PREFIX}{OPS[op, mode]}_bwd_on_pool"
+        args = (g, rois) if argmax is None else (g, rois, argmax)
+        pooled = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(x.shape, x.dtype))(
+            *args, **{**attrs, "deterministic": deterministic})
+        np.testing.assert_array_equal(_bits(pooled), _bits(serial))

@@ -123,8 +123,15 @@ def test_xla_flags_read_at_trace_time(op, mode, monkeypatch):
     assert eqns and all(e.params["deterministic"] is False for e in eqns)
 
 
-def test_cpu_lowering_never_passes_it():
+def test_cpu_kernels_take_it_and_ignore_it():
+    """The CPU targets take the family's whole attribute struct (the custom-call ABI is the
+    same on every platform), `deterministic` included, and are deterministic either way."""
     x, r = _args()
-    text = jax.jit(jax.grad(_loss(_op("roi_align", "max", deterministic=True)))).trace(
-        x, r).lower(lowering_platforms=("cpu",)).as_text()
-    assert "jax_roi_roi_align_max_bwd" in text and "deterministic" not in text
+    grads = []
+    for det in (False, True):
+        f = jax.jit(jax.grad(_loss(_op("roi_align", "max", deterministic=det))))
+        text = f.trace(x, r).lower(lowering_platforms=("cpu",)).as_text()
+        assert "jax_roi_roi_align_max_bwd" in text
+        assert f"deterministic = {str(det).lower()}" in text
+        grads.append(np.asarray(f(x, r)))
+    np.testing.assert_array_equal(grads[0], grads[1])

@@ -1,10 +1,11 @@
 // The CPU kernels of the FFI targets, one overload of RunCpu per op, chosen by the op's
-// policy type; each is defined in its cpu/*.cc. (Next: a generic overload that runs an op's
-// device plan on XLA's thread pool, for ops without a hand-tuned kernel.)
+// policy type. An op with a hand-tuned kernel declares its overload here (and defines it in
+// its cpu/*.cc); every other op runs its device plan on XLA's thread pool
+// (cpu_executor.h), so a new op has a threaded, deterministic CPU kernel from its CUDA code.
 #ifndef JAX_ROI_CPU_KERNELS_H_
 #define JAX_ROI_CPU_KERNELS_H_
 
-#include "cpu_common.h"
+#include "cpu_executor.h"
 #include "jax_roi/op_list.h"
 #include "jax_roi/roi_call.h"
 #include "xla/ffi/api/ffi.h"
@@ -26,6 +27,12 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
 // Hand-tuned: roi_pool_cpu.cc.
 ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const PoolAttrs& a, ops::RoiPoolFwd);
 ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const PoolAttrs& a, ops::RoiPoolBwd);
+
+// Every other op: its device plan on the pool (the non-template overloads above win).
+template <typename Op>
+ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const typename Op::Attrs& a, Op) {
+  return RunDevicePlan<Op>(pool, c, a);
+}
 
 }  // namespace cpu
 }  // namespace jax_roi

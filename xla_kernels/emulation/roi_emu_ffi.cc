@@ -7,6 +7,10 @@
 // is a plain += (AtomicAdd in that header), so the emulated scatter sums in index order, one
 // of the orders a GPU may use. Nothing here is fast or meant for use.
 //
+// `jax_roi_emu_<name>_on_pool` runs the same plan through the CPU's generic executor
+// (xla_kernels/cpu/cpu_executor.h: threaded on XLA's pool, deterministic backward), which
+// serves the ops that have no hand-tuned CPU kernel; tests compare it with the serial run.
+//
 // Test-only extras: `jax_roi_emu_<name>_whole_map` for each backward runs the deterministic
 // backward with every valid roi listed in every tile of its image (RoiListMode::kWholeMap:
 // what a walk over all rois visits), and `jax_roi_emu_roi_footprints` returns the footprints
@@ -19,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "../cpu/cpu_executor.h"
 #include "jax_roi/ffi_checks.h"
 #include "jax_roi/op_list.h"
 #include "jax_roi/roi_device_ops.h"
@@ -78,6 +83,16 @@ ffi::Error Handler(ffi::RemainingArgs args, ffi::RemainingRets rets, typename Op
   SerialExec ex;
   Op::Run(ex, call, attrs, scratch);
   return ffi::Error::Success();
+}
+
+template <typename Op>
+ffi::Future PoolHandler(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                        typename Op::Attrs attrs) {
+  RoiCall call;
+  if (ffi::Error e = DecodeCall<Op>(args, rets, attrs, &call); e.failure()) {
+    return cpu::ErrorFuture(std::move(e));
+  }
+  return cpu::RunDevicePlan<Op>(pool, call, attrs);
 }
 
 namespace {
@@ -144,6 +159,15 @@ ffi::Error Footprints(ffi::AnyBuffer rois, ffi::Result<ffi::Buffer<ffi::S64>> ou
   XLA_FFI_DEFINE_HANDLER_SYMBOL(Op##Emu, jax_roi::emulation::Handler<jax_roi::ops::Op>, \
                                 JAX_ROI_EMU_BINDING(Op));
 JAX_ROI_OPS(JAX_ROI_DEFINE_EMU_HANDLER)
+
+#define JAX_ROI_DEFINE_EMU_ON_POOL(name, Op)                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(Op##OnPoolEmu, jax_roi::emulation::PoolHandler<jax_roi::ops::Op>, \
+                                xla::ffi::Ffi::Bind()                                    \
+                                    .Ctx<xla::ffi::ThreadPool>()                         \
+                                    .RemainingArgs()                                     \
+                                    .RemainingRets()                                     \
+                                    .Attrs<jax_roi::ops::Op::Attrs>());
+JAX_ROI_OPS(JAX_ROI_DEFINE_EMU_ON_POOL)
 
 #define JAX_ROI_DEFINE_EMU_WHOLE_MAP(name, Op)                                    \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                  \

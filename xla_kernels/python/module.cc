@@ -43,7 +43,8 @@ py::capsule Capsule(F* handler) {
 }
 
 #if defined(JAX_ROI_EMULATION)
-// The emulation's test-only extras: whole-map backwards, footprints, and the deterministic
+// The emulation's test-only extras: whole-map backwards, every op through the CPU's generic
+// executor, footprints, and the deterministic
 // backward's tiling and scratch for a call's sizes (host arithmetic only, so huge K can be
 // checked without allocating anything).
 void AddEmulationExtras(py::module_& m, py::dict& d) {
@@ -51,6 +52,10 @@ void AddEmulationExtras(py::module_& m, py::dict& d) {
   d[JAX_ROI_TARGET_PREFIX #name "_whole_map"] = Capsule(Op##WholeMapEmu);
   JAX_ROI_EMU_BACKWARD_OPS(JAX_ROI_ADD_WHOLE_MAP)
 #undef JAX_ROI_ADD_WHOLE_MAP
+#define JAX_ROI_ADD_ON_POOL(name, Op) \
+  d[JAX_ROI_TARGET_PREFIX #name "_on_pool"] = Capsule(Op##OnPoolEmu);
+  JAX_ROI_OPS(JAX_ROI_ADD_ON_POOL)
+#undef JAX_ROI_ADD_ON_POOL
   d[JAX_ROI_TARGET_PREFIX "roi_footprints"] = Capsule(RoiFootprintsEmu);
   m.def(
       "tile_plan",
