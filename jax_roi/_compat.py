@@ -11,6 +11,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 ffi_lowering = jax.ffi.ffi_lowering
+ShapedArray = jax.core.ShapedArray
 register_ffi_target = jax.ffi.register_ffi_target
 
 # Linear-primitive plumbing: JVP and transpose rules are registered in these tables.
@@ -31,6 +32,7 @@ def cuda_devices() -> list:
 
 __all__ = [
     "Primitive",
+    "ShapedArray",
     "Zero",
     "cuda_devices",
     "ffi_lowering",

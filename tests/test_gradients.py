@@ -183,7 +183,7 @@ def test_gathers_are_transposes_of_the_backwards(layout):
     """The winner gathers (JVPs of the max forwards) and the max backwards are primitives
     declared transposes of each other: jax.linear_transpose and grad through a gather give
     the backward, and through a backward give the gather, to float64 rounding."""
-    from jax_roi import _primitives as prims
+    from jax_roi import _roi_align, _roi_pool
 
     rng = np.random.default_rng(16)
     cl = layout == "NHWC"
@@ -193,10 +193,10 @@ def test_gathers_are_transposes_of_the_backwards(layout):
                  channels_last=cl, deterministic=False)
     pool = dict(pooled_h=2, pooled_w=2, spatial_scale=1.0, channels_last=cl,
                 deterministic=False)
+    a, r = _roi_align, _roi_pool
     for fwd, gather_p, bwd_p, p in (
-            (prims.roi_align_max_fwd_p, prims.roi_align_max_gather_p, prims.roi_align_max_bwd_p,
-             align),
-            (prims.roi_pool_fwd_p, prims.roi_pool_gather_p, prims.roi_pool_bwd_p, pool)):
+            (a.roi_align_max_fwd_p, a.roi_align_max_gather_p, a.roi_align_max_bwd_p, align),
+            (r.roi_pool_fwd_p, r.roi_pool_gather_p, r.roi_pool_bwd_p, pool)):
         _, arg = fwd.bind(feats, rois, **p)
         c = rng.standard_normal(arg.shape)
         bwd = bwd_p.bind(c, rois, arg, feature_shape=feats.shape, **p)

@@ -1,4 +1,4 @@
-"""Tests of jax_roi/_reference.py, the pure-JAX implementation of every roi primitive.
+"""Tests of jax_roi/_reference/, the pure-JAX implementation of every roi kernel.
 
 It is loaded by path (it needs nothing compiled), and checked against
 * tests/oracle.py, the naive float64 NumPy transcription of shared/SEMANTICS.md;
@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -33,17 +34,22 @@ import oracle  # noqa: E402  (tests/ is on pythonpath)
 # so the model is checked on the CPU device.
 pytestmark = pytest.mark.usefixtures("on_cpu")
 
-_PATH = pathlib.Path(__file__).resolve().parent.parent / "jax_roi" / "_reference.py"
+_PATH = pathlib.Path(__file__).resolve().parent.parent / "jax_roi" / "_reference"
 
 
 def _load_reference():
-    spec = importlib.util.spec_from_file_location("jax_roi_reference_under_test", _PATH)
+    """The package jax_roi/_reference from its folder, without importing jax_roi."""
+    name = "jax_roi_reference_under_test"
+    spec = importlib.util.spec_from_file_location(
+        name, _PATH / "__init__.py", submodule_search_locations=[str(_PATH)])
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its modules import each other relatively
     spec.loader.exec_module(module)
     return module
 
 
 ref = _load_reference()
+common = ref.common  # exact arithmetic and chunk helpers
 
 F16, BF16, F32, F64 = np.float16, jnp.bfloat16, np.float32, np.float64
 NAN, INF = float("nan"), float("inf")
@@ -353,18 +359,18 @@ def test_div_is_ieee_division(dtype):
     a = (rng.standard_normal(20000) * 10.0 ** rng.integers(-3, 6, 20000)).astype(dtype)
     m = np.arange(1, 20001).astype(dtype)
     for d in (3, 5, 7, 49, 1000):
-        got = jax.jit(lambda v: ref._div(v, dtype(d)))(a)
+        got = jax.jit(lambda v: common.exact_div(v, dtype(d)))(a)
         assert_same(got, a / dtype(d), f"random / {d}")
-        got = jax.jit(lambda v: jnp.ceil(ref._div(v, dtype(d))))(m * dtype(d))
+        got = jax.jit(lambda v: jnp.ceil(common.exact_div(v, dtype(d))))(m * dtype(d))
         assert_same(got, m, f"ceil(m*{d} / {d})")
     # inside a loop and under vmap too
-    loop = jax.jit(lambda v: lax.fori_loop(0, 3, lambda i, x: ref._div(x * dtype(7), dtype(7)),
-                                           v))
+    loop = jax.jit(lambda v: lax.fori_loop(
+        0, 3, lambda i, x: common.exact_div(x * dtype(7), dtype(7)), v))
     expect = a
     for _ in range(3):
         expect = (expect * dtype(7)) / dtype(7)
     assert_same(loop(a), expect, "in fori_loop")
-    vm = jax.jit(jax.vmap(lambda v, d: ref._div(v, d)))(a.reshape(100, -1), m[:100])
+    vm = jax.jit(jax.vmap(lambda v, d: common.exact_div(v, d)))(a.reshape(100, -1), m[:100])
     assert_same(vm, a.reshape(100, -1) / m[:100, None], "vmap")
 
 
@@ -373,7 +379,8 @@ def test_the_division_trap_is_real():
     (if XLA ever stops rewriting, this documents it; the library does not rely on it)."""
     m = np.arange(1, 5000, dtype=np.float32)
     plain = np.asarray(jax.jit(lambda v: jnp.ceil(v / np.float32(7)))(m * np.float32(7)))
-    exact = np.asarray(jax.jit(lambda v: jnp.ceil(ref._div(v, np.float32(7))))(m * np.float32(7)))
+    exact = np.asarray(jax.jit(lambda v: jnp.ceil(common.exact_div(v, np.float32(7))))(
+        m * np.float32(7)))
     assert np.array_equal(exact, m)
     if np.array_equal(plain, m):
         pytest.skip("XLA no longer rewrites x / 7 into x * (1/7) on this platform")
@@ -383,22 +390,22 @@ def test_the_division_trap_is_real():
 def test_unfused_product_is_rounded_alone(dtype):
     rng = np.random.default_rng(1)
     a, b, c = (rng.standard_normal(50000).astype(dtype) for _ in range(3))
-    got = jax.jit(lambda a, b, c: ref._unfused(a * b) + c)(a, b, c)
+    got = jax.jit(lambda a, b, c: common.unfused(a * b) + c)(a, b, c)
     assert_same(got, a * b + c, "a*b + c")
     special = np.array([NAN, INF, -INF, 0.0, -0.0, 1.0], dtype)
-    assert_same(jax.jit(ref._unfused)(special), special, "values pass unchanged")
+    assert_same(jax.jit(common.unfused)(special), special, "values pass unchanged")
 
 
 def test_round_half_away_from_zero():
     v = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, -0.49999997, 2.4999998,
                   1e30, -3.0, 0.0], np.float32)
     expect = np.array([1, 2, 3, -1, -2, -3, 0, 0, 2, 1e30, -3, 0], np.float32)
-    assert_same(jax.jit(ref._round_half_away)(v), expect)
+    assert_same(jax.jit(common.round_half_away)(v), expect)
 
 
 def _geometry(rois, n_img, height, width, out, scale, sr, aligned):
     A = _compute(rois.dtype)
-    fn = jax.jit(lambda r: ref._align_geometry(r, n_img, height, width, out[0], out[1], scale,
+    fn = jax.jit(lambda r: ref.roi_align._align_geometry(r, n_img, height, width, out[0], out[1], scale,
                                                 sr, aligned, A))
     return jax.tree_util.tree_map(np.asarray, fn(jnp.asarray(rois)))
 
@@ -945,8 +952,8 @@ def test_chunked_equals_unchunked(monkeypatch):
         return out
 
     whole = run()
-    monkeypatch.setattr(ref, "CHUNK_ELEMENTS", 4 * 6 * 3)  # 3 rois per chunk, 4 chunks
-    assert ref._chunk_rois(11, 24) == (3, 4)
+    monkeypatch.setattr(common, "CHUNK_ELEMENTS", 4 * 6 * 3)  # 3 rois per chunk, 4 chunks
+    assert common.chunk_rois(11, 24) == (3, 4)
     chunked = run()
     for name in whole:
         for a, b in zip(jax.tree_util.tree_leaves(whole[name]),
