@@ -133,20 +133,6 @@ inline void PreferHugePages(void* data, size_t bytes) {
 #endif
 }
 
-// Calls f with a value of the storage type of `type` (float, double, Half, BFloat16).
-template <typename F>
-ffi::Future VisitElementType(ElementType type, F&& f) {
-  switch (type) {
-    case ElementType::kF32: return f(float{});
-    case ElementType::kF64: return f(double{});
-    case ElementType::kF16: return f(Half{});
-    case ElementType::kBF16: return f(BFloat16{});
-  }
-  return ReadyFuture();
-}
-
-inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Bytes of a feature-map-shaped buffer of `elem_bytes` elements.
 inline size_t FeatureBytes(const RoiShape& s, size_t elem_bytes) {
   return static_cast<size_t>(s.n * s.c * s.h * s.w) * elem_bytes;

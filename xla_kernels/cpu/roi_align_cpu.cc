@@ -19,27 +19,15 @@ namespace jax_roi {
 namespace cpu {
 namespace {
 
-struct AlignParams {
-  double scale;
-  int64_t ratio;
-  bool aligned;
-};
-
-template <typename A>
-AlignRoiGeometry<A> RoiAt(const A* rois, int64_t k, const RoiShape& s, const AlignParams& prm) {
-  return AlignRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(prm.scale), prm.aligned,
-                    prm.ratio);
-}
-
 // Roi k's pooled elements over channels [c0, c0 + cb) of `out` ([K, C, PH, PW] or
 // [K, PH, PW, C]) set to `value`. Written as contiguous runs in memory order (a bin's
 // channels in NHWC, a block of planes in NCHW): padding rows (batch index -1) are common in
 // batched proposals, and channel-major NHWC stores, 1 KiB apart, made an all-padding
 // forward 2x slower than a real one.
-template <bool kCL, typename U>
+template <bool kChannelsLast, typename U>
 void FillRoi(U* out, const RoiShape& s, int64_t k, int64_t c0, int64_t cb, U value) {
   const int64_t bins = s.ph * s.pw;
-  if (kCL) {
+  if (kChannelsLast) {
     for (int64_t b = 0; b < bins; ++b) {
       U* bin = out + PooledIndex<true>(s, k, c0, b / s.pw, b % s.pw);
       std::fill(bin, bin + cb, value);
@@ -52,9 +40,9 @@ void FillRoi(U* out, const RoiShape& s, int64_t k, int64_t c0, int64_t cb, U val
 
 // Roi k's output over channels [c0, c0 + cb) set to zero: the rule for a roi that adds
 // nothing (docs/semantics.md).
-template <typename T, bool kCL>
+template <typename T, bool kChannelsLast>
 void ZeroRoiOutput(T* out, const RoiShape& s, int64_t k, int64_t c0, int64_t cb) {
-  FillRoi<kCL>(out, s, k, c0, cb, Store<T>(typename Accum<T>::type(0)));
+  FillRoi<kChannelsLast>(out, s, k, c0, cb, Store<T>(typename Accum<T>::type(0)));
 }
 
 // The avg taps of one roi along both axes, with its image and the mean's divisor.
@@ -71,8 +59,8 @@ struct AvgRoiTaps {
 // that adds nothing.
 template <typename A>
 const AvgRoiTaps<A>* BuildAvgRoiTaps(const A* rois, int64_t k, const RoiShape& s,
-                                     const AlignParams& prm, bool fold_count = false) {
-  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
+                                     const RoiParams& params, bool fold_count = false) {
+  const AlignRoiGeometry<A> roi = AlignRoiOf(rois, k, s, params);
   if (!roi.ok) return nullptr;
   thread_local AvgRoiTaps<A> t;
   t.n = roi.n;
@@ -243,20 +231,20 @@ __attribute__((always_inline)) inline void AvgBinsChannelsLast(
 
 constexpr int64_t kAvgFwdNhwcBlock = 256;
 
-template <typename T, bool kCL>
+template <typename T, bool kChannelsLast>
 JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
-                     const RoiShape& s, const AlignParams& prm, int64_t k, int64_t c0,
+                     const RoiShape& s, const RoiParams& params, int64_t k, int64_t c0,
                      int64_t cb) {
   using A = typename Accum<T>::type;
-  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, prm);
-  if (!taps) return ZeroRoiOutput<T, kCL>(out, s, k, c0, cb);
+  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, params);
+  if (!taps) return ZeroRoiOutput<T, kChannelsLast>(out, s, k, c0, cb);
   const AxisTaps<A>& ty = taps->y;
   const AxisTaps<A>& tx = taps->x;
   const A count = taps->count;
-  const T* image = feat + FeatureIndex<kCL>(s, taps->n, c0, 0, 0);
-  if (kCL) {
+  const T* image = feat + FeatureIndex<kChannelsLast>(s, taps->n, c0, 0, 0);
+  if (kChannelsLast) {
     AvgBinsChannelsLast(image, s.c, s.w * s.c, cb, ty, tx, count, s.ph, s.pw,
-                        out + PooledIndex<kCL>(s, k, c0, 0, 0), s.c);
+                        out + PooledIndex<kChannelsLast>(s, k, c0, 0, 0), s.c);
   } else {
     // kG channel planes at once: kG independent accumulation chains per bin keep the FP
     // pipeline busy where one chain would wait on its own additions.
@@ -301,7 +289,7 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTask(const T* feat, const typename Accum<T>::
     else run(std::false_type{});
     // One vectorisable pass of divisions for the whole block: a divide per bin inside the
     // bin loop stalls on its latency.
-    StoreRun(sums.data(), cb * s.ph * s.pw, count, out + PooledIndex<kCL>(s, k, c0, 0, 0));
+    StoreRun(sums.data(), cb * s.ph * s.pw, count, out + PooledIndex<kChannelsLast>(s, k, c0, 0, 0));
   }
 }
 
@@ -341,10 +329,10 @@ JAX_ROI_CPU_KERNEL void CopyToTile(const T* feat, const RoiShape& s, int64_t c0,
 template <typename T>
 JAX_ROI_CPU_KERNEL void AlignAvgFwdTileTask(const typename Accum<T>::type* tile,
                                             const typename Accum<T>::type* rois,
-                                            T* out, const RoiShape& s, const AlignParams& prm,
+                                            T* out, const RoiShape& s, const RoiParams& params,
                                             int64_t k, int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
-  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, prm);
+  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, params);
   if (!taps) return ZeroRoiOutput<T, false>(out, s, k, c0, cb);
   const int64_t bins = s.ph * s.pw;
   // Rounded into T as they leave the registers, eight lanes at a time (as the NHWC forward
@@ -361,7 +349,7 @@ JAX_ROI_CPU_KERNEL void AlignAvgFwdTileTask(const typename Accum<T>::type* tile,
 template <typename T>
 ffi::Future AlignAvgFwdThroughTiles(ffi::ThreadPool& pool, const T* feat,
                                     const typename Accum<T>::type* rois, T* out,
-                                    const RoiShape& s, const AlignParams& prm, int64_t cb) {
+                                    const RoiShape& s, const RoiParams& params, int64_t cb) {
   using A = typename Accum<T>::type;
   const int64_t rows = std::max<int64_t>(
       1, (int64_t{1} << 18) / (s.w * cb * static_cast<int64_t>(sizeof(A))));
@@ -374,7 +362,7 @@ ffi::Future AlignAvgFwdThroughTiles(ffi::ThreadPool& pool, const T* feat,
   const size_t tile_size = static_cast<size_t>(s.n * s.h * s.w * cb);
   std::shared_ptr<A[]> tile(new A[tile_size]);
   PreferHugePages(tile.get(), tile_size * sizeof(A));
-  auto order = std::make_shared<const std::vector<int64_t>>(LocalityOrder(rois, s.k, prm.scale));
+  auto order = std::make_shared<const std::vector<int64_t>>(LocalityOrder(rois, s.k, params.scale));
   const int64_t work = s.n * s.c * s.h * s.w + s.k * s.c * s.ph * s.pw * 16;
   return ParallelPhases(pool, std::move(phases), work, [=](int64_t phase, int64_t t) {
     const int64_t c0 = phase / 2 * cb, block = std::min(cb, s.c - c0);
@@ -382,7 +370,7 @@ ffi::Future AlignAvgFwdThroughTiles(ffi::ThreadPool& pool, const T* feat,
       const int64_t n = t / chunks, y0 = t % chunks * rows;
       CopyToTile(feat, s, c0, block, n, y0, std::min(s.h, y0 + rows), tile.get());
     } else {
-      AlignAvgFwdTileTask(tile.get(), rois, out, s, prm, (*order)[t], c0, block);
+      AlignAvgFwdTileTask(tile.get(), rois, out, s, params, (*order)[t], c0, block);
     }
   });
 }
@@ -442,11 +430,11 @@ std::shared_ptr<AvgBwdTable<A>> AcquireAvgBwdTable() {
 }
 
 template <typename A>
-void BuildAvgBwdRoi(const A* rois, int64_t k, const RoiShape& s, const AlignParams& prm,
+void BuildAvgBwdRoi(const A* rois, int64_t k, const RoiShape& s, const RoiParams& params,
                     AvgBwdTable<A>* table) {
   RowSpan& span = table->span[k];
   span = RowSpan{};
-  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, prm, /*fold_count=*/true);
+  const AvgRoiTaps<A>* taps = BuildAvgRoiTaps<A>(rois, k, s, params, /*fold_count=*/true);
   if (!taps) return;
   AvgBwdRoi<A>& r = table->roi[k];
   r.fy.Build(taps->y, s.ph);
@@ -484,12 +472,12 @@ inline BandPlan PlanBands(const RoiShape& s, int64_t accum_bytes) {
 // output itself where that is one contiguous piece of it (NHWC with every channel, T its own
 // accumulator); otherwise a [rows, W, cb] buffer that Finish rounds (16-bit) and, for NCHW,
 // transposes into the output once.
-template <typename T, typename A, bool kCL>
+template <typename T, typename A, bool kChannelsLast>
 struct BandGradient {
   BandGradient(T* out, const RoiShape& s, int64_t n, int64_t y0, int64_t y1, int64_t c0,
                int64_t cb)
       : out_(out), s_(s), n_(n), y0_(y0), y1_(y1), c0_(c0), cb_(cb),
-        direct_(kCL && std::is_same<T, A>::value && cb == s.c) {
+        direct_(kChannelsLast && std::is_same<T, A>::value && cb == s.c) {
     const size_t size = static_cast<size_t>((y1 - y0) * s.w * cb);
     if (direct_) {
       base_ = reinterpret_cast<A*>(out) + (n * s.h + y0) * s.w * s.c;
@@ -506,7 +494,7 @@ struct BandGradient {
 
   void Finish() const {
     if (direct_) return;
-    if (kCL) {
+    if (kChannelsLast) {
       for (int64_t y = y0_; y < y1_; ++y)
         for (int64_t x = 0; x < s_.w; ++x) {
           T* o = out_ + ((n_ * s_.h + y) * s_.w + x) * s_.c + c0_;
@@ -540,7 +528,7 @@ struct BandGradient {
 // and accumulates channels-last too; its band is transposed once at the end). Every gradient
 // element is written by one task, the rois in index order: the same bits for any number of
 // threads.
-template <typename T, bool kCL>
+template <typename T, bool kChannelsLast>
 JAX_ROI_CPU_KERNEL void AlignAvgBwdBandTask(const T* grad,
                                             const AvgBwdTable<typename Accum<T>::type>& table,
                                             T* dfeat, const RoiShape& s, int64_t n, int64_t y0,
@@ -548,7 +536,7 @@ JAX_ROI_CPU_KERNEL void AlignAvgBwdBandTask(const T* grad,
   using A = typename Accum<T>::type;
   using V = typename Lanes<A>::type;
   constexpr int64_t kL = Lanes<A>::kCount, kV = 2 * kL;
-  BandGradient<T, A, kCL> band(dfeat, s, n, y0, y1, c0, cb);
+  BandGradient<T, A, kChannelsLast> band(dfeat, s, n, y0, y1, c0, cb);
   thread_local std::vector<std::pair<int64_t, A>> pairs;  // (offset of g[p, q, 0], weight)
   // Sums sum_pairs w * g[pair + c] into d[c] for c in [0, cb); G is T (NHWC) or A (NCHW).
   auto accumulate = [&](const auto* g, A* d) {
@@ -592,7 +580,7 @@ JAX_ROI_CPU_KERNEL void AlignAvgBwdBandTask(const T* grad,
             pairs.emplace_back(PooledIndex<true>(s, k, c0, fy.bin[e], fx.bin[f]),
                                fy.weight[e] * fx.weight[f]);
         A* d = band.At(fy.pixel[j], fx.pixel[i]);
-        if (kCL) accumulate(grad, d);
+        if (kChannelsLast) accumulate(grad, d);
         else accumulate(table.grad_cl.get(), d);
       }
     }
@@ -641,23 +629,23 @@ inline A SampleValue(const T* f, const SampleTaps<A>& t) {
          t.w4 * Load<A>(f[t.o4]);
 }
 
-template <typename T, bool kCL>
+template <typename T, bool kChannelsLast>
 JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out,
-                     int32_t* argmax, const RoiShape& s, const AlignParams& prm, int64_t k,
+                     int32_t* argmax, const RoiShape& s, const RoiParams& params, int64_t k,
                      int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
-  const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
+  const AlignRoiGeometry<A> roi = AlignRoiOf(rois, k, s, params);
   if (!roi.ok) {
-    ZeroRoiOutput<T, kCL>(out, s, k, c0, cb);
-    FillRoi<kCL>(argmax, s, k, c0, cb, int32_t{-1});
+    ZeroRoiOutput<T, kChannelsLast>(out, s, k, c0, cb);
+    FillRoi<kChannelsLast>(argmax, s, k, c0, cb, int32_t{-1});
     return;
   }
   thread_local AxisSamples<A> sy, sx;  // reused across tasks, like the avg taps
   sy.Build(roi.y, s.ph, s.h);
   sx.Build(roi.x, s.pw, s.w);
   const int64_t gw = roi.x.grid;
-  const int64_t cstep = kCL ? 1 : s.h * s.w;
-  const T* base = feat + FeatureIndex<kCL>(s, roi.n, c0, 0, 0);
+  const int64_t cstep = kChannelsLast ? 1 : s.h * s.w;
+  const T* base = feat + FeatureIndex<kChannelsLast>(s, roi.n, c0, 0, 0);
   thread_local std::vector<SampleTaps<A>> taps;
   A best[kMaxChannelBlock];
   int32_t idx[kMaxChannelBlock];
@@ -673,10 +661,10 @@ JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::
           if (ty.lo >= 0 && tx.lo >= 0) {  // always, for an inside sample; stay in bounds
             t.w1 = ty.wlo * tx.wlo, t.w2 = ty.wlo * tx.whi;
             t.w3 = ty.whi * tx.wlo, t.w4 = ty.whi * tx.whi;
-            t.o1 = FeatureIndex<kCL>(s, 0, 0, ty.lo, tx.lo);
-            t.o2 = FeatureIndex<kCL>(s, 0, 0, ty.lo, tx.hi);
-            t.o3 = FeatureIndex<kCL>(s, 0, 0, ty.hi, tx.lo);
-            t.o4 = FeatureIndex<kCL>(s, 0, 0, ty.hi, tx.hi);
+            t.o1 = FeatureIndex<kChannelsLast>(s, 0, 0, ty.lo, tx.lo);
+            t.o2 = FeatureIndex<kChannelsLast>(s, 0, 0, ty.lo, tx.hi);
+            t.o3 = FeatureIndex<kChannelsLast>(s, 0, 0, ty.hi, tx.lo);
+            t.o4 = FeatureIndex<kChannelsLast>(s, 0, 0, ty.hi, tx.hi);
           }
           taps.push_back(t);
         }
@@ -685,7 +673,7 @@ JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::
       if (nt == 0) {
         std::fill(best, best + cb, A(0));
         std::fill(idx, idx + cb, -1);
-      } else if (kCL) {
+      } else if (kChannelsLast) {
         // Channels innermost: contiguous loads, a vectorisable select per channel.
         for (int64_t c = 0; c < cb; ++c) {
           best[c] = SampleValue(base + c, taps[0]);
@@ -719,7 +707,7 @@ JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::
       const int64_t outside = FirstOutsideSample(ry, roi.y.grid, rx, gw);
       for (int64_t c = 0; c < cb; ++c) {
         MergeOutsideSample(outside, &best[c], &idx[c]);
-        const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
+        const int64_t o = PooledIndex<kChannelsLast>(s, k, c0 + c, p, q);
         out[o] = Store<T>(best[c]);
         argmax[o] = idx[c];
       }
@@ -727,19 +715,19 @@ JAX_ROI_CPU_KERNEL void AlignMaxFwdTask(const T* feat, const typename Accum<T>::
   }
 }
 
-template <typename T, bool kCL>
+template <typename T, bool kChannelsLast>
 JAX_ROI_CPU_KERNEL void AlignMaxBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32_t* argmax,
-                     T* dfeat, const RoiShape& s, const AlignParams& prm, int64_t n, int64_t c0,
+                     T* dfeat, const RoiShape& s, const RoiParams& params, int64_t n, int64_t c0,
                      int64_t cb) {
   using A = typename Accum<T>::type;
-  GradTarget<T, A, kCL> target(dfeat, s, n, c0, cb);
+  GradTarget<T, A, kChannelsLast> target(dfeat, s, n, c0, cb);
   for (int64_t k = 0; k < s.k; ++k) {
     if (RoiBatchIndex(rois + 5 * k, s.n) != n) continue;
-    const AlignRoiGeometry<A> roi = RoiAt<A>(rois, k, s, prm);
+    const AlignRoiGeometry<A> roi = AlignRoiOf(rois, k, s, params);
     if (!roi.ok) continue;
     const int64_t gh = roi.y.grid, gw = roi.x.grid;
     auto scatter = [&](int64_t c, int64_t p, int64_t q) {
-      const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
+      const int64_t o = PooledIndex<kChannelsLast>(s, k, c0 + c, p, q);
       const int64_t sample = argmax[o];
       if (sample < 0 || sample >= gh * gw) return;
       Lerp<A> ty, tx;
@@ -752,7 +740,7 @@ JAX_ROI_CPU_KERNEL void AlignMaxBwdTask(const T* grad, const typename Accum<T>::
       *target.At(c, ty.hi, tx.lo) += g * (ty.whi * tx.wlo);
       *target.At(c, ty.hi, tx.hi) += g * (ty.whi * tx.whi);
     };
-    ForEachPooled<kCL>(s, cb, scatter);
+    ForEachPooled<kChannelsLast>(s, cb, scatter);
   }
   target.Finish();
 }
@@ -767,7 +755,7 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
                    ops::RoiAlignAvgFwd) {
   const RoiShape s = c.s;
   const double spatial_scale = a.spatial_scale;
-  const AlignParams prm{a.spatial_scale, a.sampling_ratio, a.aligned};
+  const RoiParams params = ToRoiParams(a);
   return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
@@ -776,11 +764,11 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
     T* o = static_cast<T*>(c.rets[0]);
     if (!s.channels_last) {
       if (const int64_t cb = TileChannels(s, sizeof(A), sizeof(T)))
-        return AlignAvgFwdThroughTiles(pool, f, r, o, s, prm, cb);
+        return AlignAvgFwdThroughTiles(pool, f, r, o, s, params, cb);
     }
     return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 16, [=](int64_t k, int64_t c0, int64_t cb) {
-      if (s.channels_last) AlignAvgFwdTask<T, true>(f, r, o, s, prm, k, c0, cb);
-      else AlignAvgFwdTask<T, false>(f, r, o, s, prm, k, c0, cb);
+      if (s.channels_last) AlignAvgFwdTask<T, true>(f, r, o, s, params, k, c0, cb);
+      else AlignAvgFwdTask<T, false>(f, r, o, s, params, k, c0, cb);
     }, kAvgFwdNhwcBlock);
   });
 }
@@ -788,7 +776,7 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
 ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
                    ops::RoiAlignAvgBwd) {
   const RoiShape s = c.s;
-  const AlignParams prm{a.spatial_scale, a.sampling_ratio, a.aligned};
+  const RoiParams params = ToRoiParams(a);
   return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
@@ -808,7 +796,7 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
     return ParallelForAfter(
         pool, s.k,
         [=](int64_t k) {
-          BuildAvgBwdRoi<A>(r, k, s, prm, table.get());
+          BuildAvgBwdRoi<A>(r, k, s, params, table.get());
           if (table->grad_cl && table->span[k].n >= 0)
             TransposeRoiGrad(g, k, s, table->grad_cl.get());
         },
@@ -828,7 +816,7 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
                    ops::RoiAlignMaxFwd) {
   const RoiShape s = c.s;
   const double spatial_scale = a.spatial_scale;
-  const AlignParams prm{a.spatial_scale, a.sampling_ratio, a.aligned};
+  const RoiParams params = ToRoiParams(a);
   int32_t* am = static_cast<int32_t*>(c.rets[1]);
   return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
@@ -837,8 +825,8 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
     const A* r = static_cast<const A*>(c.args[1]);
     T* o = static_cast<T*>(c.rets[0]);
     return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 32, [=](int64_t k, int64_t c0, int64_t cb) {
-      if (s.channels_last) AlignMaxFwdTask<T, true>(f, r, o, am, s, prm, k, c0, cb);
-      else AlignMaxFwdTask<T, false>(f, r, o, am, s, prm, k, c0, cb);
+      if (s.channels_last) AlignMaxFwdTask<T, true>(f, r, o, am, s, params, k, c0, cb);
+      else AlignMaxFwdTask<T, false>(f, r, o, am, s, params, k, c0, cb);
     });
   });
 }
@@ -846,7 +834,7 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
 ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
                    ops::RoiAlignMaxBwd) {
   const RoiShape s = c.s;
-  const AlignParams prm{a.spatial_scale, a.sampling_ratio, a.aligned};
+  const RoiParams params = ToRoiParams(a);
   const int32_t* am = static_cast<const int32_t*>(c.args[2]);
   return VisitElementType(c.type, [&](auto tag) {
     using T = decltype(tag);
@@ -856,8 +844,8 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
     T* d = static_cast<T*>(c.rets[0]);
     PreferHugePages(d, FeatureBytes(s, sizeof(T)));
     return RunPerImage(pool, s, sizeof(A), 16, [=](int64_t n, int64_t c0, int64_t cb) {
-      if (s.channels_last) AlignMaxBwdTask<T, true>(g, r, am, d, s, prm, n, c0, cb);
-      else AlignMaxBwdTask<T, false>(g, r, am, d, s, prm, n, c0, cb);
+      if (s.channels_last) AlignMaxBwdTask<T, true>(g, r, am, d, s, params, n, c0, cb);
+      else AlignMaxBwdTask<T, false>(g, r, am, d, s, params, n, c0, cb);
     });
   });
 }

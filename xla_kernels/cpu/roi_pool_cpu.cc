@@ -13,7 +13,7 @@ namespace jax_roi {
 namespace cpu {
 namespace {
 
-template <typename T, bool kCL>
+template <typename T, bool kChannelsLast>
 JAX_ROI_CPU_KERNEL void PoolFwdTask(const T* feat, const typename Accum<T>::type* rois, T* out, int32_t* argmax,
                  const RoiShape& s, double scale, int64_t k, int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
@@ -22,7 +22,7 @@ JAX_ROI_CPU_KERNEL void PoolFwdTask(const T* feat, const typename Accum<T>::type
   const PoolAxis<A>& ay = roi.y;
   const PoolAxis<A>& ax = roi.x;
   const bool ok = roi.ok;
-  const int64_t cstep = kCL ? 1 : s.h * s.w;
+  const int64_t cstep = kChannelsLast ? 1 : s.h * s.w;
   A best[kMaxChannelBlock];
   int32_t idx[kMaxChannelBlock];
   for (int64_t p = 0; p < s.ph; ++p) {
@@ -33,17 +33,17 @@ JAX_ROI_CPU_KERNEL void PoolFwdTask(const T* feat, const typename Accum<T>::type
         // The bin's first pixel seeds the maximum; later pixels win only when strictly
         // greater (first maximum in row-major order). Selects, not branches: random features
         // would mispredict a data-dependent branch about every other pixel.
-        const T* base = feat + FeatureIndex<kCL>(s, n, c0, 0, 0);
-        const int64_t first = FeatureIndex<kCL>(s, 0, 0, ry.begin, rx.begin);
+        const T* base = feat + FeatureIndex<kChannelsLast>(s, n, c0, 0, 0);
+        const int64_t first = FeatureIndex<kChannelsLast>(s, 0, 0, ry.begin, rx.begin);
         const int32_t first_pixel = static_cast<int32_t>(ry.begin * s.w + rx.begin);
-        if (kCL) {
+        if (kChannelsLast) {
           for (int64_t c = 0; c < cb; ++c) {
             best[c] = Load<A>(base[first + c]);
             idx[c] = first_pixel;
           }
           for (int64_t y = ry.begin; y < ry.end; ++y) {
             for (int64_t x = (y == ry.begin ? rx.begin + 1 : rx.begin); x < rx.end; ++x) {
-              const T* px = base + FeatureIndex<kCL>(s, 0, 0, y, x);
+              const T* px = base + FeatureIndex<kChannelsLast>(s, 0, 0, y, x);
               const int32_t pixel = static_cast<int32_t>(y * s.w + x);
               for (int64_t c = 0; c < cb; ++c) MaxStep(Load<A>(px[c]), pixel, &best[c], &idx[c]);
             }
@@ -80,7 +80,7 @@ JAX_ROI_CPU_KERNEL void PoolFwdTask(const T* feat, const typename Accum<T>::type
         std::fill(idx, idx + cb, -1);
       }
       for (int64_t c = 0; c < cb; ++c) {
-        const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
+        const int64_t o = PooledIndex<kChannelsLast>(s, k, c0 + c, p, q);
         out[o] = Store<T>(best[c]);
         argmax[o] = idx[c];
       }
@@ -88,21 +88,21 @@ JAX_ROI_CPU_KERNEL void PoolFwdTask(const T* feat, const typename Accum<T>::type
   }
 }
 
-template <typename T, bool kCL>
+template <typename T, bool kChannelsLast>
 JAX_ROI_CPU_KERNEL void PoolBwdTask(const T* grad, const typename Accum<T>::type* rois, const int32_t* argmax,
                  T* dfeat, const RoiShape& s, int64_t n, int64_t c0, int64_t cb) {
   using A = typename Accum<T>::type;
-  GradTarget<T, A, kCL> target(dfeat, s, n, c0, cb);
+  GradTarget<T, A, kChannelsLast> target(dfeat, s, n, c0, cb);
   const int64_t plane = s.h * s.w;
   for (int64_t k = 0; k < s.k; ++k) {
     if (RoiBatchIndex(rois + 5 * k, s.n) != n) continue;
     auto scatter = [&](int64_t c, int64_t p, int64_t q) {
-      const int64_t o = PooledIndex<kCL>(s, k, c0 + c, p, q);
+      const int64_t o = PooledIndex<kChannelsLast>(s, k, c0 + c, p, q);
       const int64_t pixel = argmax[o];
       if (pixel < 0 || pixel >= plane) return;
       *target.At(c, pixel / s.w, pixel % s.w) += Load<A>(grad[o]);
     };
-    ForEachPooled<kCL>(s, cb, scatter);
+    ForEachPooled<kChannelsLast>(s, cb, scatter);
   }
   target.Finish();
 }

@@ -40,7 +40,7 @@ class StreamExec {
   void Run(const Op& op) {
     const int64_t n = op.size();
     if (status_ != cudaSuccess || n <= 0) return;  // an empty grid is a launch error
-    int64_t blocks = device::CeilDiv(n, kBlock);
+    int64_t blocks = CeilDiv(n, kBlock);
     if (blocks > kMaxBlocks) blocks = kMaxBlocks;
     RunOpKernel<Op><<<static_cast<unsigned>(blocks), kBlock, 0, stream_>>>(op, n);
     status_ = cudaGetLastError();

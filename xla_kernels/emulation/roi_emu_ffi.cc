@@ -120,16 +120,16 @@ ffi::Error Footprints(ffi::AnyBuffer rois, ffi::Result<ffi::Buffer<ffi::S64>> ou
   s.k = d[0];
   s.ph = pooled_h;
   s.pw = pooled_w;
-  const RoiParams prm{spatial_scale, sampling_ratio, aligned};
+  const RoiParams params{spatial_scale, sampling_ratio, aligned};
   std::vector<device::RoiFootprint> fp(static_cast<size_t>(s.k));
   SerialExec ex;
   auto run = [&](auto tag) {
     using A = decltype(tag);
     const A* r = static_cast<const A*>(rois.untyped_data());
     if (pool) {
-      ex.Run(device::PoolFootprintOp<A>{r, fp.data(), s, prm, false});
+      ex.Run(device::FootprintKernel<device::PoolMax, A>{r, fp.data(), s, params, false});
     } else {
-      ex.Run(device::AlignFootprintOp<A>{r, fp.data(), s, prm, false});
+      ex.Run(device::FootprintKernel<device::AlignAvg, A>{r, fp.data(), s, params, false});
     }
   };
   if (f64) run(double{}); else run(float{});

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "jax_roi/roi_math.h"
+#include "jax_roi/roi_shape.h"
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
@@ -151,6 +152,19 @@ template <>
 struct Storer<BFloat16> {
   JAX_ROI_HD static BFloat16 From(float a) { return BFloat16{FloatToBFloat16(a)}; }
 };
+
+// f(tag) with a value of the storage type of `type` (float, double, Half, BFloat16): the one
+// dispatch from a call's element type to the templates, on every backend.
+template <typename F>
+auto VisitElementType(ElementType type, F&& f) -> decltype(f(float{})) {
+  switch (type) {
+    case ElementType::kF64: return f(double{});
+    case ElementType::kF16: return f(Half{});
+    case ElementType::kBF16: return f(BFloat16{});
+    case ElementType::kF32: break;
+  }
+  return f(float{});
+}
 
 // Rounds an accumulator value once into storage type T.
 template <typename T, typename A>

@@ -43,8 +43,6 @@ namespace device {
 // shared by the tile, while the accumulators stay in registers.
 constexpr int kGatherTile = 4;
 
-JAX_ROI_HD int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Index of the lowest set bit of a non-zero word.
 JAX_ROI_HD int LowestBit(uint32_t v) {
 #if defined(__CUDA_ARCH__)
@@ -163,104 +161,6 @@ struct MaxResult {
   int32_t index;  // -1: no winner (empty bin, invalid row, or an out-of-map sample won)
 };
 
-template <typename A>
-JAX_ROI_HD AlignRoiGeometry<A> AlignRoiOf(const A* rois, int64_t k, const RoiShape& s,
-                                          const RoiParams& prm) {
-  return AlignRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(prm.scale), prm.aligned,
-                    prm.ratio);
-}
-
-template <typename A>
-JAX_ROI_HD PoolRoiGeometry<A> PoolRoiOf(const A* rois, int64_t k, const RoiShape& s,
-                                        const RoiParams& prm) {
-  return PoolRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(prm.scale));
-}
-
-// One bilinear sample of a channel plane. The expression (weights formed first, summed
-// left to right) is the CPU max kernel's, so max-mode values and winners agree bit for bit.
-template <typename T, typename A>
-JAX_ROI_HD A BilinearAt(const T* plane, const Strides& st, const Lerp<A>& ty,
-                        const Lerp<A>& tx) {
-  const A w1 = ty.wlo * tx.wlo, w2 = ty.wlo * tx.whi, w3 = ty.whi * tx.wlo,
-          w4 = ty.whi * tx.whi;
-  return w1 * Load<A>(plane[ty.lo * st.y + tx.lo * st.x]) +
-         w2 * Load<A>(plane[ty.lo * st.y + tx.hi * st.x]) +
-         w3 * Load<A>(plane[ty.hi * st.y + tx.lo * st.x]) +
-         w4 * Load<A>(plane[ty.hi * st.y + tx.hi * st.x]);
-}
-
-// roi_align avg forward, output element (k, c, p, q): the mean over the bin's sampling grid
-// (out-of-map samples add 0 but count).
-template <typename T, typename A>
-JAX_ROI_HD A AlignAvgElement(const T* features, const A* rois, const Layout& L,
-                             const RoiParams& prm, const PooledPos& e) {
-  const AlignRoiGeometry<A> g = AlignRoiOf(rois, e.k, L.s, prm);
-  if (!g.ok) return A(0);
-  const T* plane = features + Offset(L.feat, g.n, e.c, 0, 0);
-  const SampleRun ry = InsideRun(g.y, e.p, L.s.h), rx = InsideRun(g.x, e.q, L.s.w);
-  A acc = A(0);
-  for (int64_t iy = ry.lo; iy < ry.hi; ++iy) {
-    Lerp<A> ty;
-    if (!LerpAt(SampleCoord(g.y, e.p, iy), L.s.h, &ty)) continue;
-    for (int64_t ix = rx.lo; ix < rx.hi; ++ix) {
-      Lerp<A> tx;
-      if (!LerpAt(SampleCoord(g.x, e.q, ix), L.s.w, &tx)) continue;
-      acc += BilinearAt(plane, L.feat, ty, tx);
-    }
-  }
-  return acc / AlignSampleCount(g);
-}
-
-// roi_align max forward, output element (k, c, p, q): the first maximum over the grid in
-// row-major order (strict >), out-of-map samples competing with value 0.
-template <typename T, typename A>
-JAX_ROI_HD MaxResult<A> AlignMaxElement(const T* features, const A* rois, const Layout& L,
-                                        const RoiParams& prm, const PooledPos& e) {
-  MaxResult<A> r{A(0), -1};
-  const AlignRoiGeometry<A> g = AlignRoiOf(rois, e.k, L.s, prm);
-  if (!g.ok) return r;
-  const T* plane = features + Offset(L.feat, g.n, e.c, 0, 0);
-  const SampleRun ry = InsideRun(g.y, e.p, L.s.h), rx = InsideRun(g.x, e.q, L.s.w);
-  const int64_t gw = g.x.grid;
-  for (int64_t iy = ry.lo; iy < ry.hi; ++iy) {
-    Lerp<A> ty;
-    if (!LerpAt(SampleCoord(g.y, e.p, iy), L.s.h, &ty)) continue;
-    for (int64_t ix = rx.lo; ix < rx.hi; ++ix) {
-      Lerp<A> tx;
-      if (!LerpAt(SampleCoord(g.x, e.q, ix), L.s.w, &tx)) continue;
-      const A v = BilinearAt(plane, L.feat, ty, tx);
-      if (r.index < 0 || v > r.value) {
-        r.value = v;
-        r.index = static_cast<int32_t>(iy * gw + ix);  // < kMaxGrid^2 = 2^30
-      }
-    }
-  }
-  MergeOutsideSample(FirstOutsideSample(ry, g.y.grid, rx, gw), &r.value, &r.index);
-  return r;
-}
-
-// roi_pool forward, output element (k, c, p, q): the first maximum of the bin's pixels in
-// row-major order (strict >); the winner is stored as y * W + x.
-template <typename T, typename A>
-JAX_ROI_HD MaxResult<A> PoolMaxElement(const T* features, const A* rois, const Layout& L,
-                                       const RoiParams& prm, const PooledPos& e) {
-  MaxResult<A> r{A(0), -1};
-  const PoolRoiGeometry<A> g = PoolRoiOf(rois, e.k, L.s, prm);
-  if (!g.ok) return r;
-  const T* plane = features + Offset(L.feat, g.n, e.c, 0, 0);
-  const PixelRange ry = PoolBin(g.y, e.p, L.s.h), rx = PoolBin(g.x, e.q, L.s.w);
-  for (int64_t y = ry.begin; y < ry.end; ++y) {
-    for (int64_t x = rx.begin; x < rx.end; ++x) {
-      const A v = Load<A>(plane[y * L.feat.y + x * L.feat.x]);
-      if (r.index < 0 || v > r.value) {
-        r.value = v;
-        r.index = static_cast<int32_t>(y * L.s.w + x);  // H * W < 2^31 (checked)
-      }
-    }
-  }
-  return r;
-}
-
 // The hook through which the scatter backward adds into the gradient: atomicAdd on the
 // device (float and double: native on sm_60+), a plain += in the one-thread emulation.
 template <typename A>
@@ -270,67 +170,6 @@ JAX_ROI_HD void AtomicAdd(A* address, A value) {
 #else
   *address += value;
 #endif
-}
-
-// roi_align avg backward, scatter form: pooled element (k, c, p, q) spreads g / count over
-// the four taps of each sample of its bin. `target` is features-shaped, in the
-// accumulation type.
-template <typename T, typename A>
-JAX_ROI_HD void AlignAvgScatter(const T* grad, const A* rois, A* target, const Layout& L,
-                                const RoiParams& prm, const PooledPos& e) {
-  const AlignRoiGeometry<A> g = AlignRoiOf(rois, e.k, L.s, prm);
-  if (!g.ok) return;
-  const A gc = Load<A>(grad[Offset(L.pooled, e.k, e.c, e.p, e.q)]) / AlignSampleCount(g);
-  A* plane = target + Offset(L.feat, g.n, e.c, 0, 0);
-  const SampleRun ry = InsideRun(g.y, e.p, L.s.h), rx = InsideRun(g.x, e.q, L.s.w);
-  for (int64_t iy = ry.lo; iy < ry.hi; ++iy) {
-    Lerp<A> ty;
-    if (!LerpAt(SampleCoord(g.y, e.p, iy), L.s.h, &ty)) continue;
-    for (int64_t ix = rx.lo; ix < rx.hi; ++ix) {
-      Lerp<A> tx;
-      if (!LerpAt(SampleCoord(g.x, e.q, ix), L.s.w, &tx)) continue;
-      AtomicAdd(plane + ty.lo * L.feat.y + tx.lo * L.feat.x, gc * (ty.wlo * tx.wlo));
-      AtomicAdd(plane + ty.lo * L.feat.y + tx.hi * L.feat.x, gc * (ty.wlo * tx.whi));
-      AtomicAdd(plane + ty.hi * L.feat.y + tx.lo * L.feat.x, gc * (ty.whi * tx.wlo));
-      AtomicAdd(plane + ty.hi * L.feat.y + tx.hi * L.feat.x, gc * (ty.whi * tx.whi));
-    }
-  }
-}
-
-// roi_align max backward, scatter form: g goes undivided to the four taps of the winning
-// sample recorded in argmax (an index iy * gw + ix into the bin's grid).
-template <typename T, typename A>
-JAX_ROI_HD void AlignMaxScatter(const T* grad, const A* rois, const int32_t* argmax,
-                                A* target, const Layout& L, const RoiParams& prm,
-                                const PooledPos& e) {
-  const AlignRoiGeometry<A> g = AlignRoiOf(rois, e.k, L.s, prm);
-  if (!g.ok) return;
-  const int64_t o = Offset(L.pooled, e.k, e.c, e.p, e.q);
-  const int64_t sample = argmax[o];
-  const int64_t gw = g.x.grid;
-  if (sample < 0 || sample >= g.y.grid * gw) return;
-  Lerp<A> ty, tx;
-  if (!LerpAt(SampleCoord(g.y, e.p, sample / gw), L.s.h, &ty) ||
-      !LerpAt(SampleCoord(g.x, e.q, sample % gw), L.s.w, &tx))
-    return;
-  const A gv = Load<A>(grad[o]);
-  A* plane = target + Offset(L.feat, g.n, e.c, 0, 0);
-  AtomicAdd(plane + ty.lo * L.feat.y + tx.lo * L.feat.x, gv * (ty.wlo * tx.wlo));
-  AtomicAdd(plane + ty.lo * L.feat.y + tx.hi * L.feat.x, gv * (ty.wlo * tx.whi));
-  AtomicAdd(plane + ty.hi * L.feat.y + tx.lo * L.feat.x, gv * (ty.whi * tx.wlo));
-  AtomicAdd(plane + ty.hi * L.feat.y + tx.hi * L.feat.x, gv * (ty.whi * tx.whi));
-}
-
-// roi_pool backward, scatter form: g goes to the pixel recorded in argmax.
-template <typename T, typename A>
-JAX_ROI_HD void PoolScatter(const T* grad, const A* rois, const int32_t* argmax, A* target,
-                            const Layout& L, const PooledPos& e) {
-  const int64_t n = RoiBatchIndex(rois + 5 * e.k, L.s.n);
-  if (n < 0) return;
-  const int64_t o = Offset(L.pooled, e.k, e.c, e.p, e.q);
-  const int64_t pixel = argmax[o];
-  if (pixel < 0 || pixel >= L.s.h * L.s.w) return;
-  AtomicAdd(target + Offset(L.feat, n, e.c, pixel / L.s.w, pixel % L.s.w), Load<A>(grad[o]));
 }
 
 // The deterministic backward gathers: thread e owns feature-gradient pixel (n, y, x) for
@@ -343,7 +182,7 @@ JAX_ROI_HD void PoolScatter(const T* grad, const A* rois, const int32_t* argmax,
 // Which rois a thread visits: two small kernels first give every roi its footprint (the
 // pixel rectangle its backward can reach at all, RoiFootprint) and every square tile of
 // 2^shift x 2^shift pixels of every image a bit mask over the rois whose footprint meets
-// the tile (TileMaskOp). A thread then walks its tile's mask in index order and does the
+// the tile (TileMaskKernel). A thread then walks its tile's mask in index order and does the
 // exact per-roi work (geometry, bin and sample searches) only for the rois whose footprint
 // contains its pixel (RoiCursor). A roi outside the footprint sends nothing to the pixel,
 // not even a zero-weight term, so skipping it changes no bit: the result is the one a walk
@@ -367,26 +206,6 @@ JAX_ROI_HD RoiFootprint MakeFootprint(int64_t n, const PixelRange& ry, const Pix
   f.x0 = static_cast<int32_t>(rx.begin);
   f.x1 = static_cast<int32_t>(rx.end);
   return f;
-}
-
-// `whole_map`: the whole image for every valid roi, which makes the gather visit what a
-// walk over all rois visits (a test hook: the emulation compares the two bit for bit).
-template <typename A>
-JAX_ROI_HD RoiFootprint AlignRoiFootprint(const A* rois, int64_t k, const RoiShape& s,
-                                          const RoiParams& prm, bool whole_map) {
-  const AlignRoiGeometry<A> g = AlignRoiOf(rois, k, s, prm);
-  if (!g.ok) return MakeFootprint(-1, PixelRange{0, 0}, PixelRange{0, 0});
-  if (whole_map) return MakeFootprint(g.n, PixelRange{0, s.h}, PixelRange{0, s.w});
-  return MakeFootprint(g.n, AlignFootprint(g.y, s.ph, s.h), AlignFootprint(g.x, s.pw, s.w));
-}
-
-template <typename A>
-JAX_ROI_HD RoiFootprint PoolRoiFootprint(const A* rois, int64_t k, const RoiShape& s,
-                                         const RoiParams& prm, bool whole_map) {
-  const PoolRoiGeometry<A> g = PoolRoiOf(rois, k, s, prm);
-  if (!g.ok) return MakeFootprint(-1, PixelRange{0, 0}, PixelRange{0, 0});
-  if (whole_map) return MakeFootprint(g.n, PixelRange{0, s.h}, PixelRange{0, s.w});
-  return MakeFootprint(g.n, PoolFootprint(g.y, s.ph, s.h), PoolFootprint(g.x, s.pw, s.w));
 }
 
 // The gather's view of the roi lists: footprints [K] and masks [N * ty * tx][words], where
@@ -439,295 +258,91 @@ JAX_ROI_HD void StoreTile(T* dfeat, const Layout& L, const GatherPos& e,
   }
 }
 
-// roi_align avg: pixel weight of bin (p, q) = (y-axis weight) * (x-axis weight) / count,
-// the bilinear weights factoring by axis.
-template <typename T, typename A>
-JAX_ROI_HD void AlignAvgGather(const T* grad, const A* rois, T* dfeat, const Layout& L,
-                               const RoiParams& prm, const RoiLists& lists,
-                               const GatherPos& e) {
-  A acc[kGatherTile];
-  JAX_ROI_UNROLL
-  for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
-  RoiCursor rois_here(lists, e);  // valid rois of image e.n only
-  for (int64_t k; (k = rois_here.Next()) >= 0;) {
-    const AlignRoiGeometry<A> g = AlignRoiOf(rois, k, L.s, prm);
-    if (!g.ok) continue;
-    const BinRange by = TouchBins(g.y, L.s.ph, e.y, L.s.h);
-    if (by.begin >= by.end) continue;
-    const BinRange bx = TouchBins(g.x, L.s.pw, e.x, L.s.w);
-    if (bx.begin >= bx.end) continue;
-    const A count = AlignSampleCount(g);
-    for (int64_t p = by.begin; p < by.end; ++p) {
-      A wy;
-      if (!BinWeightAt(g.y, p, e.y, L.s.h, &wy)) continue;
-      for (int64_t q = bx.begin; q < bx.end; ++q) {
-        A wx;
-        if (!BinWeightAt(g.x, q, e.x, L.s.w, &wx)) continue;
-        const A w = wy * wx / count;
-        const T* gp = grad + Offset(L.pooled, k, e.c0, p, q);
-        JAX_ROI_UNROLL
-        for (int j = 0; j < kGatherTile; ++j) {
-          if (j < e.cn) acc[j] += w * Load<A>(gp[j * e.cstep * L.pooled.c]);
-        }
-      }
-    }
-  }
-  StoreTile(dfeat, L, e, acc);
-}
-
-// roi_align max: the winner recorded for (k, c, p, q) sends g * (its tap weights) to the
-// pixel when one of its taps lands there; its bin is then among the bins that reach the
-// pixel. Corner order as in the scatter: (lo, lo), (lo, hi), (hi, lo), (hi, hi).
-template <typename T, typename A>
-JAX_ROI_HD void AlignMaxGather(const T* grad, const A* rois, const int32_t* argmax,
-                               T* dfeat, const Layout& L, const RoiParams& prm,
-                               const RoiLists& lists, const GatherPos& e) {
-  A acc[kGatherTile];
-  JAX_ROI_UNROLL
-  for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
-  RoiCursor rois_here(lists, e);  // valid rois of image e.n only
-  for (int64_t k; (k = rois_here.Next()) >= 0;) {
-    const AlignRoiGeometry<A> g = AlignRoiOf(rois, k, L.s, prm);
-    if (!g.ok) continue;
-    const BinRange by = TouchBins(g.y, L.s.ph, e.y, L.s.h);
-    if (by.begin >= by.end) continue;
-    const BinRange bx = TouchBins(g.x, L.s.pw, e.x, L.s.w);
-    if (bx.begin >= bx.end) continue;
-    const int64_t gw = g.x.grid, samples = g.y.grid * gw;
-    for (int64_t p = by.begin; p < by.end; ++p) {
-      for (int64_t q = bx.begin; q < bx.end; ++q) {
-        const int64_t o = Offset(L.pooled, k, e.c0, p, q);
-        JAX_ROI_UNROLL
-        for (int j = 0; j < kGatherTile; ++j) {
-          if (j >= e.cn) continue;
-          const int64_t oc = o + j * e.cstep * L.pooled.c;
-          const int64_t sample = argmax[oc];
-          if (sample < 0 || sample >= samples) continue;
-          Lerp<A> ty, tx;
-          if (!LerpAt(SampleCoord(g.y, p, sample / gw), L.s.h, &ty) ||
-              !LerpAt(SampleCoord(g.x, q, sample % gw), L.s.w, &tx))
-            continue;
-          const bool ylo = ty.lo == e.y, yhi = ty.hi == e.y;
-          const bool xlo = tx.lo == e.x, xhi = tx.hi == e.x;
-          if (!((ylo || yhi) && (xlo || xhi))) continue;
-          const A gv = Load<A>(grad[oc]);
-          if (ylo && xlo) acc[j] += gv * (ty.wlo * tx.wlo);
-          if (ylo && xhi) acc[j] += gv * (ty.wlo * tx.whi);
-          if (yhi && xlo) acc[j] += gv * (ty.whi * tx.wlo);
-          if (yhi && xhi) acc[j] += gv * (ty.whi * tx.whi);
-        }
-      }
-    }
-  }
-  StoreTile(dfeat, L, e, acc);
-}
-
-// roi_pool: g of (k, c, p, q) goes to the pixel whose index argmax recorded; a winner lies
-// in its bin, so only the bins containing the pixel are read.
-template <typename T, typename A>
-JAX_ROI_HD void PoolGather(const T* grad, const A* rois, const int32_t* argmax, T* dfeat,
-                           const Layout& L, const RoiParams& prm, const RoiLists& lists,
-                           const GatherPos& e) {
-  A acc[kGatherTile];
-  JAX_ROI_UNROLL
-  for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
-  const int64_t pixel = e.y * L.s.w + e.x;
-  RoiCursor rois_here(lists, e);  // valid rois of image e.n only
-  for (int64_t k; (k = rois_here.Next()) >= 0;) {
-    const PoolRoiGeometry<A> g = PoolRoiOf(rois, k, L.s, prm);
-    if (!g.ok) continue;
-    const BinRange by = PoolBinsContaining(g.y, L.s.ph, e.y, L.s.h);
-    if (by.begin >= by.end) continue;
-    const BinRange bx = PoolBinsContaining(g.x, L.s.pw, e.x, L.s.w);
-    if (bx.begin >= bx.end) continue;
-    for (int64_t p = by.begin; p < by.end; ++p) {
-      for (int64_t q = bx.begin; q < bx.end; ++q) {
-        const int64_t o = Offset(L.pooled, k, e.c0, p, q);
-        JAX_ROI_UNROLL
-        for (int j = 0; j < kGatherTile; ++j) {
-          const int64_t oc = o + j * e.cstep * L.pooled.c;
-          if (j < e.cn && argmax[oc] == pixel) acc[j] += Load<A>(grad[oc]);
-        }
-      }
-    }
-  }
-  StoreTile(dfeat, L, e, acc);
-}
-
 // ---------------------------------------------------------------------------------------
-// Ops: a body bound to its buffers, callable per index
+// Kernels: an op's bodies bound to a call's buffers, callable per index
+//
+// An op's bodies are the static members of one struct (in its op file, jax_roi/ops/):
+//   Forward(features, rois, L, params, PooledPos) -> A, or MaxResult<A> with an argmax
+//   Scatter(grad, rois, argmax, target, L, params, PooledPos)      atomic backward
+//   Gather(grad, rois, argmax, dfeat, L, params, lists, GatherPos) deterministic backward
+//   Footprint(rois, k, shape, params, whole_map) -> RoiFootprint   pixels a roi reaches
+// `argmax` is null for an op without one.
 // ---------------------------------------------------------------------------------------
 
-template <typename T>
-struct AlignAvgFwdOp {
-  using A = typename Accum<T>::type;
-  const T* features;
-  const A* rois;
-  T* out;
-  Layout L;
-  RoiParams prm;
-  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
-  JAX_ROI_HD void operator()(int64_t i) const {
-    out[i] = Store<T>(AlignAvgElement(features, rois, L, prm, PooledAt(L.s, i)));
-  }
-};
+template <typename T, typename A>
+JAX_ROI_HD void StoreForward(T* out, int32_t* /*argmax*/, int64_t i, A value) {
+  out[i] = Store<T>(value);
+}
+template <typename T, typename A>
+JAX_ROI_HD void StoreForward(T* out, int32_t* argmax, int64_t i, const MaxResult<A>& r) {
+  out[i] = Store<T>(r.value);
+  argmax[i] = r.index;
+}
 
-template <typename T>
-struct AlignMaxFwdOp {
+template <typename Body, typename T>
+struct ForwardKernel {
   using A = typename Accum<T>::type;
   const T* features;
   const A* rois;
   T* out;
   int32_t* argmax;
   Layout L;
-  RoiParams prm;
+  RoiParams params;
   JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
   JAX_ROI_HD void operator()(int64_t i) const {
-    const MaxResult<A> r = AlignMaxElement(features, rois, L, prm, PooledAt(L.s, i));
-    out[i] = Store<T>(r.value);
-    argmax[i] = r.index;
+    StoreForward(out, argmax, i, Body::Forward(features, rois, L, params, PooledAt(L.s, i)));
   }
 };
 
-template <typename T>
-struct PoolFwdOp {
-  using A = typename Accum<T>::type;
-  const T* features;
-  const A* rois;
-  T* out;
-  int32_t* argmax;
-  Layout L;
-  RoiParams prm;
-  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
-  JAX_ROI_HD void operator()(int64_t i) const {
-    const MaxResult<A> r = PoolMaxElement(features, rois, L, prm, PooledAt(L.s, i));
-    out[i] = Store<T>(r.value);
-    argmax[i] = r.index;
-  }
-};
-
-template <typename T>
-struct AlignAvgScatterOp {
-  using A = typename Accum<T>::type;
-  const T* grad;
-  const A* rois;
-  A* target;
-  Layout L;
-  RoiParams prm;
-  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
-  JAX_ROI_HD void operator()(int64_t i) const {
-    AlignAvgScatter(grad, rois, target, L, prm, PooledAt(L.s, i));
-  }
-};
-
-template <typename T>
-struct AlignMaxScatterOp {
+template <typename Body, typename T>
+struct ScatterKernel {
   using A = typename Accum<T>::type;
   const T* grad;
   const A* rois;
   const int32_t* argmax;
   A* target;
   Layout L;
-  RoiParams prm;
+  RoiParams params;
   JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
   JAX_ROI_HD void operator()(int64_t i) const {
-    AlignMaxScatter(grad, rois, argmax, target, L, prm, PooledAt(L.s, i));
+    Body::Scatter(grad, rois, argmax, target, L, params, PooledAt(L.s, i));
   }
 };
 
-template <typename T>
-struct PoolScatterOp {
-  using A = typename Accum<T>::type;
-  const T* grad;
-  const A* rois;
-  const int32_t* argmax;
-  A* target;
-  Layout L;
-  RoiParams prm;
-  JAX_ROI_HD int64_t size() const { return PooledCount(L.s); }
-  JAX_ROI_HD void operator()(int64_t i) const {
-    PoolScatter(grad, rois, argmax, target, L, PooledAt(L.s, i));
-  }
-};
-
-template <typename T>
-struct AlignAvgGatherOp {
-  using A = typename Accum<T>::type;
-  const T* grad;
-  const A* rois;
-  T* dfeat;
-  Layout L;
-  RoiParams prm;
-  RoiLists lists;
-  JAX_ROI_HD int64_t size() const { return GatherCount(L.s); }
-  JAX_ROI_HD void operator()(int64_t i) const {
-    AlignAvgGather(grad, rois, dfeat, L, prm, lists, GatherAt(L.s, i));
-  }
-};
-
-template <typename T>
-struct AlignMaxGatherOp {
+template <typename Body, typename T>
+struct GatherKernel {
   using A = typename Accum<T>::type;
   const T* grad;
   const A* rois;
   const int32_t* argmax;
   T* dfeat;
   Layout L;
-  RoiParams prm;
+  RoiParams params;
   RoiLists lists;
   JAX_ROI_HD int64_t size() const { return GatherCount(L.s); }
   JAX_ROI_HD void operator()(int64_t i) const {
-    AlignMaxGather(grad, rois, argmax, dfeat, L, prm, lists, GatherAt(L.s, i));
-  }
-};
-
-template <typename T>
-struct PoolGatherOp {
-  using A = typename Accum<T>::type;
-  const T* grad;
-  const A* rois;
-  const int32_t* argmax;
-  T* dfeat;
-  Layout L;
-  RoiParams prm;
-  RoiLists lists;
-  JAX_ROI_HD int64_t size() const { return GatherCount(L.s); }
-  JAX_ROI_HD void operator()(int64_t i) const {
-    PoolGather(grad, rois, argmax, dfeat, L, prm, lists, GatherAt(L.s, i));
+    Body::Gather(grad, rois, argmax, dfeat, L, params, lists, GatherAt(L.s, i));
   }
 };
 
 // Footprint of roi i (the compute type A only: 16-bit features share float's).
-template <typename A>
-struct AlignFootprintOp {
+template <typename Body, typename A>
+struct FootprintKernel {
   const A* rois;
   RoiFootprint* fp;
   RoiShape s;
-  RoiParams prm;
+  RoiParams params;
   bool whole_map;
   JAX_ROI_HD int64_t size() const { return s.k; }
   JAX_ROI_HD void operator()(int64_t i) const {
-    fp[i] = AlignRoiFootprint(rois, i, s, prm, whole_map);
-  }
-};
-
-template <typename A>
-struct PoolFootprintOp {
-  const A* rois;
-  RoiFootprint* fp;
-  RoiShape s;
-  RoiParams prm;
-  bool whole_map;
-  JAX_ROI_HD int64_t size() const { return s.k; }
-  JAX_ROI_HD void operator()(int64_t i) const {
-    fp[i] = PoolRoiFootprint(rois, i, s, prm, whole_map);
+    fp[i] = Body::template Footprint<A>(rois, i, s, params, whole_map);
   }
 };
 
 // Word w of tile t's roi mask (thread t * words + w): bit j is set when roi 32 w + j has a
 // footprint in the tile's image that meets the tile. Every word is written, so the masks
 // need no clearing; no two threads write the same word, so no atomics.
-struct TileMaskOp {
+struct TileMaskKernel {
   const RoiFootprint* fp;
   uint32_t* mask;
   int64_t k, tiles, words, ty, tx;
@@ -753,7 +368,7 @@ struct TileMaskOp {
 
 // Rounds a float accumulator into 16-bit storage, element by element.
 template <typename T>
-struct RoundOp {
+struct RoundKernel {
   const float* acc;
   T* out;
   int64_t count;
@@ -762,19 +377,8 @@ struct RoundOp {
 };
 
 // ---------------------------------------------------------------------------------------
-// Plans: the ops one call runs, in order (host code, for any executor)
+// Plans: the kernels one call runs, in order (host code, for any executor)
 // ---------------------------------------------------------------------------------------
-
-// Calls f with a value of the storage type for `type`.
-template <typename F>
-void VisitElementType(ElementType type, F&& f) {
-  switch (type) {
-    case ElementType::kF32: f(float{}); break;
-    case ElementType::kF64: f(double{}); break;
-    case ElementType::kF16: f(Half{}); break;
-    case ElementType::kBF16: f(BFloat16{}); break;
-  }
-}
 
 inline int64_t FeatureCount(const RoiShape& s) { return s.n * s.c * s.h * s.w; }
 
@@ -845,39 +449,6 @@ inline size_t BackwardScratchBytes(ElementType type, const RoiShape& s, bool det
 // rois (the emulation's tests compare the two bit for bit).
 enum class RoiListMode { kFootprints, kWholeMap };
 
-template <typename Exec>
-void RunAlignAvgForward(Exec& ex, ElementType type, const void* features, const void* rois,
-                        void* out, const RoiShape& s, const RoiParams& prm) {
-  VisitElementType(type, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Accum<T>::type;
-    ex.Run(AlignAvgFwdOp<T>{static_cast<const T*>(features), static_cast<const A*>(rois),
-                            static_cast<T*>(out), MakeLayout(s), prm});
-  });
-}
-
-template <typename Exec>
-void RunAlignMaxForward(Exec& ex, ElementType type, const void* features, const void* rois,
-                        void* out, int32_t* argmax, const RoiShape& s, const RoiParams& prm) {
-  VisitElementType(type, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Accum<T>::type;
-    ex.Run(AlignMaxFwdOp<T>{static_cast<const T*>(features), static_cast<const A*>(rois),
-                            static_cast<T*>(out), argmax, MakeLayout(s), prm});
-  });
-}
-
-template <typename Exec>
-void RunPoolForward(Exec& ex, ElementType type, const void* features, const void* rois,
-                    void* out, int32_t* argmax, const RoiShape& s, const RoiParams& prm) {
-  VisitElementType(type, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Accum<T>::type;
-    ex.Run(PoolFwdOp<T>{static_cast<const T*>(features), static_cast<const A*>(rois),
-                        static_cast<T*>(out), argmax, MakeLayout(s), prm});
-  });
-}
-
 // The atomic backward: clear the accumulation target, scatter into it, and round it into
 // the 16-bit output if it was scratch. `make_scatter(target)` builds the scatter op.
 template <typename T, typename Exec, typename MakeScatter>
@@ -889,15 +460,15 @@ void RunScatterBackward(Exec& ex, void* dfeat, void* scratch, const RoiShape& s,
   ex.Zero(target, static_cast<size_t>(FeatureCount(s)) * sizeof(A));
   ex.Run(make_scatter(target));
   if constexpr (!kDirect) {
-    ex.Run(RoundOp<T>{target, static_cast<T*>(dfeat), FeatureCount(s)});
+    ex.Run(RoundKernel<T>{target, static_cast<T*>(dfeat), FeatureCount(s)});
   }
 }
 
 // The deterministic backward: footprints, tile masks, then the gather built by
 // `make_gather(lists)`. `footprints` is the op's footprint op without its output;
 // `scratch` holds MakeTilePlan(s).bytes bytes (null when K = 0).
-template <typename Exec, typename FootprintOp, typename MakeGather>
-void RunGatherBackward(Exec& ex, void* scratch, const RoiShape& s, FootprintOp footprints,
+template <typename Exec, typename Footprints, typename MakeGather>
+void RunGatherBackward(Exec& ex, void* scratch, const RoiShape& s, Footprints footprints,
                        MakeGather make_gather) {
   const TilePlan plan = MakeTilePlan(s);
   RoiFootprint* fp = nullptr;
@@ -908,40 +479,29 @@ void RunGatherBackward(Exec& ex, void* scratch, const RoiShape& s, FootprintOp f
   }
   footprints.fp = fp;
   ex.Run(footprints);
-  ex.Run(TileMaskOp{fp, mask, s.k, plan.tiles, plan.words, plan.ty, plan.tx, plan.shift});
+  ex.Run(TileMaskKernel{fp, mask, s.k, plan.tiles, plan.words, plan.ty, plan.tx, plan.shift});
   ex.Run(make_gather(RoiLists{fp, mask, plan.words, plan.ty, plan.tx, plan.shift}));
 }
 
-// Backward plans. `scratch` holds BackwardScratchBytes(...) bytes (may be null when 0).
-template <typename Exec>
-void RunAlignAvgBackward(Exec& ex, ElementType type, const void* grad, const void* rois,
-                         void* dfeat, void* scratch, const RoiShape& s, const RoiParams& prm,
-                         bool deterministic, RoiListMode list_mode = RoiListMode::kFootprints) {
+// The forward of op `Body`: one thread per output element. `argmax` is null without one.
+template <typename Body, typename Exec>
+void RunForward(Exec& ex, ElementType type, const void* features, const void* rois, void* out,
+                int32_t* argmax, const RoiShape& s, const RoiParams& params) {
   VisitElementType(type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
-    const T* g = static_cast<const T*>(grad);
-    const A* r = static_cast<const A*>(rois);
-    const Layout L = MakeLayout(s);
-    if (deterministic) {
-      RunGatherBackward(
-          ex, scratch, s,
-          AlignFootprintOp<A>{r, nullptr, s, prm, list_mode == RoiListMode::kWholeMap},
-          [&](const RoiLists& l) {
-            return AlignAvgGatherOp<T>{g, r, static_cast<T*>(dfeat), L, prm, l};
-          });
-      return;
-    }
-    RunScatterBackward<T>(ex, dfeat, scratch, s,
-                          [&](A* target) { return AlignAvgScatterOp<T>{g, r, target, L, prm}; });
+    ex.Run(ForwardKernel<Body, T>{static_cast<const T*>(features), static_cast<const A*>(rois),
+                                  static_cast<T*>(out), argmax, MakeLayout(s), params});
   });
 }
 
-template <typename Exec>
-void RunAlignMaxBackward(Exec& ex, ElementType type, const void* grad, const void* rois,
-                         const int32_t* argmax, void* dfeat, void* scratch, const RoiShape& s,
-                         const RoiParams& prm, bool deterministic,
-                         RoiListMode list_mode = RoiListMode::kFootprints) {
+// The backward of op `Body`, atomic or deterministic. `scratch` holds
+// BackwardScratchBytes(...) bytes (may be null when 0); `argmax` is null without one.
+template <typename Body, typename Exec>
+void RunBackward(Exec& ex, ElementType type, const void* grad, const void* rois,
+                 const int32_t* argmax, void* dfeat, void* scratch, const RoiShape& s,
+                 const RoiParams& params, bool deterministic,
+                 RoiListMode list_mode = RoiListMode::kFootprints) {
   VisitElementType(type, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Accum<T>::type;
@@ -951,40 +511,14 @@ void RunAlignMaxBackward(Exec& ex, ElementType type, const void* grad, const voi
     if (deterministic) {
       RunGatherBackward(
           ex, scratch, s,
-          AlignFootprintOp<A>{r, nullptr, s, prm, list_mode == RoiListMode::kWholeMap},
+          FootprintKernel<Body, A>{r, nullptr, s, params, list_mode == RoiListMode::kWholeMap},
           [&](const RoiLists& l) {
-            return AlignMaxGatherOp<T>{g, r, argmax, static_cast<T*>(dfeat), L, prm, l};
+            return GatherKernel<Body, T>{g, r, argmax, static_cast<T*>(dfeat), L, params, l};
           });
       return;
     }
     RunScatterBackward<T>(ex, dfeat, scratch, s, [&](A* target) {
-      return AlignMaxScatterOp<T>{g, r, argmax, target, L, prm};
-    });
-  });
-}
-
-template <typename Exec>
-void RunPoolBackward(Exec& ex, ElementType type, const void* grad, const void* rois,
-                     const int32_t* argmax, void* dfeat, void* scratch, const RoiShape& s,
-                     const RoiParams& prm, bool deterministic,
-                     RoiListMode list_mode = RoiListMode::kFootprints) {
-  VisitElementType(type, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Accum<T>::type;
-    const T* g = static_cast<const T*>(grad);
-    const A* r = static_cast<const A*>(rois);
-    const Layout L = MakeLayout(s);
-    if (deterministic) {
-      RunGatherBackward(
-          ex, scratch, s,
-          PoolFootprintOp<A>{r, nullptr, s, prm, list_mode == RoiListMode::kWholeMap},
-          [&](const RoiLists& l) {
-            return PoolGatherOp<T>{g, r, argmax, static_cast<T*>(dfeat), L, prm, l};
-          });
-      return;
-    }
-    RunScatterBackward<T>(ex, dfeat, scratch, s, [&](A* target) {
-      return PoolScatterOp<T>{g, r, argmax, target, L, prm};
+      return ScatterKernel<Body, T>{g, r, argmax, target, L, params};
     });
   });
 }

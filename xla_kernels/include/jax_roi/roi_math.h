@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "jax_roi/roi_shape.h"
+
 #if defined(__CUDACC__)
 #define JAX_ROI_HD __host__ __device__ __forceinline__
 #else
@@ -22,6 +24,8 @@ namespace jax_roi {
 // bin at adaptive sampling); the cap keeps `iy * gw + ix` inside int32 for the max-mode
 // argmax and keeps the float conversion of the sample index exact.
 constexpr int64_t kMaxGrid = 32768;
+
+JAX_ROI_HD int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // True for finite values; NaN and +-inf give NaN under subtraction. Avoids std::isfinite,
 // whose host/device overload sets differ between libstdc++ and CUDA.
@@ -131,12 +135,6 @@ JAX_ROI_HD bool LerpAt(A y, int64_t size, Lerp<A>* t) {
   return true;
 }
 
-template <typename A>
-JAX_ROI_HD bool SampleInside(const AlignAxis<A>& axis, int64_t p, int64_t i, int64_t size) {
-  const A y = SampleCoord(axis, p, i);
-  return y >= A(-1) && y <= static_cast<A>(size);
-}
-
 // Samples [lo, hi) of bin p lie inside [-1, size]; all others contribute zero.
 struct SampleRun {
   int64_t lo, hi;
@@ -216,6 +214,14 @@ JAX_ROI_HD AlignRoiGeometry<A> AlignRoiAt(const A* roi, int64_t images, int64_t 
   g.y = RoiAlignAxis(roi[2], roi[4], scale, aligned, pooled_h, sampling_ratio);
   g.ok = g.x.ok && g.y.ok;
   return g;
+}
+
+// Roi k of a call's rois [K, 5].
+template <typename A>
+JAX_ROI_HD AlignRoiGeometry<A> AlignRoiOf(const A* rois, int64_t k, const RoiShape& s,
+                                          const RoiParams& params) {
+  return AlignRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(params.scale),
+                    params.aligned, params.ratio);
 }
 
 // Divisor of the avg mode: every grid sample counts, inside the map or not.
@@ -405,6 +411,13 @@ JAX_ROI_HD PoolRoiGeometry<A> PoolRoiAt(const A* roi, int64_t images, int64_t po
   g.y = RoiPoolAxis(roi[2], roi[4], scale, pooled_h);
   g.ok = g.x.ok && g.y.ok;
   return g;
+}
+
+// Roi k of a call's rois [K, 5].
+template <typename A>
+JAX_ROI_HD PoolRoiGeometry<A> PoolRoiOf(const A* rois, int64_t k, const RoiShape& s,
+                                        const RoiParams& params) {
+  return PoolRoiAt(rois + 5 * k, s.n, s.ph, s.pw, static_cast<A>(params.scale));
 }
 
 // Bins of one axis whose pixel range contains pixel y, exactly: both ends of PoolBin are

@@ -1,48 +1,119 @@
-// The roi_pool targets, forward and backward (conventions as in ops/roi_align.h). The CPU's
-// hand-tuned kernels are in xla_kernels/cpu/roi_pool_cpu.cc.
+// roi_pool: its device bodies (forward, atomic scatter, deterministic gather, footprint; the
+// math is roi_math.h's) and the policies of its two targets. The CPU's hand-tuned kernels are
+// in xla_kernels/cpu/roi_pool_cpu.cc.
 #ifndef JAX_ROI_OPS_ROI_POOL_H_
 #define JAX_ROI_OPS_ROI_POOL_H_
 
-#include <cstddef>
+#include <cstdint>
 
+#include "jax_roi/dtypes.h"
+#include "jax_roi/ops/policies.h"
 #include "jax_roi/roi_call.h"
 #include "jax_roi/roi_device_ops.h"
+#include "jax_roi/roi_math.h"
 
 namespace jax_roi {
-namespace ops {
 
-struct RoiPoolFwd {
-  static constexpr const char* kName = "roi_pool_fwd";
-  static constexpr const char* kFamily = "roi_pool";
-  using Attrs = PoolAttrs;
-  static constexpr Role kArgs[] = {Role::kFeatures, Role::kRois};
-  static constexpr Role kRets[] = {Role::kPooled, Role::kArgmax};
-  static constexpr bool kUsesScratch = false;  // CUDA-graph safe
-  static size_t ScratchBytes(const RoiCall&, const Attrs&) { return 0; }
-  template <typename Exec>
-  static void Run(Exec& ex, const RoiCall& c, const Attrs& a, void* /*scratch*/) {
-    device::RunPoolForward(ex, c.type, c.args[0], c.args[1], c.rets[0],
-                           static_cast<int32_t*>(c.rets[1]), c.s, ToRoiParams(a));
+// ---------------------------------------------------------------------------------------
+// Device bodies (per-thread code: CUDA, the emulation, the CPU's generic executor)
+// ---------------------------------------------------------------------------------------
+
+namespace device {
+
+struct PoolMax {
+  // roi_pool forward, output element (k, c, p, q): the first maximum of the bin's pixels in
+  // row-major order (strict >); the winner is stored as y * W + x.
+  template <typename T, typename A>
+  static JAX_ROI_HD MaxResult<A> Forward(const T* features, const A* rois, const Layout& L,
+                                         const RoiParams& params, const PooledPos& e) {
+    MaxResult<A> r{A(0), -1};
+    const PoolRoiGeometry<A> g = PoolRoiOf(rois, e.k, L.s, params);
+    if (!g.ok) return r;
+    const T* plane = features + Offset(L.feat, g.n, e.c, 0, 0);
+    const PixelRange ry = PoolBin(g.y, e.p, L.s.h), rx = PoolBin(g.x, e.q, L.s.w);
+    for (int64_t y = ry.begin; y < ry.end; ++y) {
+      for (int64_t x = rx.begin; x < rx.end; ++x) {
+        const A v = Load<A>(plane[y * L.feat.y + x * L.feat.x]);
+        if (r.index < 0 || v > r.value) {
+          r.value = v;
+          r.index = static_cast<int32_t>(y * L.s.w + x);  // H * W < 2^31 (checked)
+        }
+      }
+    }
+    return r;
+  }
+
+  // roi_pool backward, scatter form: g goes to the pixel recorded in argmax.
+  template <typename T, typename A>
+  static JAX_ROI_HD void Scatter(const T* grad, const A* rois, const int32_t* argmax, A* target,
+                                 const Layout& L, const RoiParams& params, const PooledPos& e) {
+    const int64_t n = RoiBatchIndex(rois + 5 * e.k, L.s.n);
+    if (n < 0) return;
+    const int64_t o = Offset(L.pooled, e.k, e.c, e.p, e.q);
+    const int64_t pixel = argmax[o];
+    if (pixel < 0 || pixel >= L.s.h * L.s.w) return;
+    AtomicAdd(target + Offset(L.feat, n, e.c, pixel / L.s.w, pixel % L.s.w), Load<A>(grad[o]));
+  }
+
+  // roi_pool: g of (k, c, p, q) goes to the pixel whose index argmax recorded; a winner lies
+  // in its bin, so only the bins containing the pixel are read.
+  template <typename T, typename A>
+  static JAX_ROI_HD void Gather(const T* grad, const A* rois, const int32_t* argmax, T* dfeat,
+                                const Layout& L, const RoiParams& params, const RoiLists& lists,
+                                const GatherPos& e) {
+    A acc[kGatherTile];
+    JAX_ROI_UNROLL
+    for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
+    const int64_t pixel = e.y * L.s.w + e.x;
+    RoiCursor rois_here(lists, e);  // valid rois of image e.n only
+    for (int64_t k; (k = rois_here.Next()) >= 0;) {
+      const PoolRoiGeometry<A> g = PoolRoiOf(rois, k, L.s, params);
+      if (!g.ok) continue;
+      const BinRange by = PoolBinsContaining(g.y, L.s.ph, e.y, L.s.h);
+      if (by.begin >= by.end) continue;
+      const BinRange bx = PoolBinsContaining(g.x, L.s.pw, e.x, L.s.w);
+      if (bx.begin >= bx.end) continue;
+      for (int64_t p = by.begin; p < by.end; ++p) {
+        for (int64_t q = bx.begin; q < bx.end; ++q) {
+          const int64_t o = Offset(L.pooled, k, e.c0, p, q);
+          JAX_ROI_UNROLL
+          for (int j = 0; j < kGatherTile; ++j) {
+            const int64_t oc = o + j * e.cstep * L.pooled.c;
+            if (j < e.cn && argmax[oc] == pixel) acc[j] += Load<A>(grad[oc]);
+          }
+        }
+      }
+    }
+    StoreTile(dfeat, L, e, acc);
+  }
+
+  // The pixels a roi_pool roi's backward can reach (as for roi_align).
+  template <typename A>
+  static JAX_ROI_HD RoiFootprint Footprint(const A* rois, int64_t k, const RoiShape& s,
+                                           const RoiParams& params, bool whole_map) {
+    const PoolRoiGeometry<A> g = PoolRoiOf(rois, k, s, params);
+    if (!g.ok) return MakeFootprint(-1, PixelRange{0, 0}, PixelRange{0, 0});
+    if (whole_map) return MakeFootprint(g.n, PixelRange{0, s.h}, PixelRange{0, s.w});
+    return MakeFootprint(g.n, PoolFootprint(g.y, s.ph, s.h), PoolFootprint(g.x, s.pw, s.w));
   }
 };
 
-struct RoiPoolBwd {
+}  // namespace device
+
+// ---------------------------------------------------------------------------------------
+// Targets
+// ---------------------------------------------------------------------------------------
+
+namespace ops {
+
+struct RoiPoolFwd : ForwardWithArgmax<device::PoolMax, PoolAttrs> {
+  static constexpr const char* kName = "roi_pool_fwd";
+  static constexpr const char* kFamily = "roi_pool";
+};
+
+struct RoiPoolBwd : BackwardWithArgmax<device::PoolMax, PoolAttrs> {
   static constexpr const char* kName = "roi_pool_bwd";
   static constexpr const char* kFamily = "roi_pool";
-  using Attrs = PoolAttrs;
-  static constexpr Role kArgs[] = {Role::kPooled, Role::kRois, Role::kArgmax};
-  static constexpr Role kRets[] = {Role::kFeatureGrad};
-  static constexpr bool kUsesScratch = true;
-  static size_t ScratchBytes(const RoiCall& c, const Attrs& a) {
-    return device::BackwardScratchBytes(c.type, c.s, a.deterministic);
-  }
-  template <typename Exec>
-  static void Run(Exec& ex, const RoiCall& c, const Attrs& a, void* scratch,
-                  device::RoiListMode lists = device::RoiListMode::kFootprints) {
-    device::RunPoolBackward(ex, c.type, c.args[0], c.args[1],
-                            static_cast<const int32_t*>(c.args[2]), c.rets[0], scratch, c.s,
-                            ToRoiParams(a), a.deterministic, lists);
-  }
 };
 
 }  // namespace ops
