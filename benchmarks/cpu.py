@@ -156,13 +156,19 @@ def ort_call(sess, feats, rois):
     return lambda: sess.run(None, inputs)
 
 
-def jax_roi_fns(layout, p):
+def jax_roi_fns(layout, p, op="avg"):
+    """(forward, forward+backward) under jit: roi_align in mode `op` ("avg", "max") or, for
+    op "pool", roi_pool, at the benchmark's settings."""
     import jax
 
     import jax_roi
 
-    fwd = jax.jit(partial(jax_roi.roi_align, output_size=p, spatial_scale=SCALE,
-                          sampling_ratio=RATIO, aligned=True, layout=layout))
+    if op == "pool":
+        fwd = jax.jit(partial(jax_roi.roi_pool, output_size=p, spatial_scale=SCALE,
+                              layout=layout))
+    else:
+        fwd = jax.jit(partial(jax_roi.roi_align, output_size=p, spatial_scale=SCALE,
+                              sampling_ratio=RATIO, aligned=True, layout=layout, mode=op))
 
     @jax.jit
     def fwd_bwd(feats, rois, g):
@@ -207,6 +213,29 @@ def forward_times(reps, one_core=False, layouts=("NCHW", "NHWC"), only=""):
             f = feats if layout == "NCHW" else np.ascontiguousarray(feats.transpose(0, 2, 3, 1))
             fwd, _ = jax_roi_fns(layout, p)
             result[f"{name}/{layout}"] = bench(fwd, jnp.asarray(f), jnp.asarray(rois), reps=reps)
+    return result
+
+
+def op_times(reps, layouts=("NCHW", "NHWC"), only="", ops=("avg",), passes=("fwd",)):
+    """ms per case, layout, op ("avg", "max": roi_align modes; "pool": roi_pool) and pass
+    ("fwd", "fwd+bwd"), keyed "case op pass/layout": benchmarks/ab.py's rows."""
+    import jax.numpy as jnp
+
+    result = {}
+    for name, n, c, h, w, k, p in CASES:
+        if only not in name:
+            continue
+        feats, rois = make_inputs(n, c, h, w, k)
+        for layout in layouts:
+            f = feats if layout == "NCHW" else np.ascontiguousarray(feats.transpose(0, 2, 3, 1))
+            f, r = jnp.asarray(f), jnp.asarray(rois)
+            for op in ops:
+                fwd, fwd_bwd = jax_roi_fns(layout, p, op)
+                if "fwd" in passes:
+                    result[f"{name} {op} fwd/{layout}"] = bench(fwd, f, r, reps=reps)
+                if "fwd+bwd" in passes:
+                    g = jnp.ones_like(fwd(f, r))
+                    result[f"{name} {op} fwd+bwd/{layout}"] = bench(fwd_bwd, f, r, g, reps=reps)
     return result
 
 

@@ -62,6 +62,8 @@ class Kernel:
     transpose: Optional[str] = None
     # For a forward with an argmax: the kernel reading its first operand at the winners.
     winner_gather: Optional[str] = None
+    # Whether the op list has an FFI target for it (False: pure JAX on every platform).
+    has_target: bool = True
 
     @property
     def target(self) -> str:
@@ -152,7 +154,8 @@ def _fold(x, dim, size: int):
 
 
 def _fold_rois(rois, rois_dim, size: int, images: int):
-    """rois [K, 5] or batched [.., V, ..] -> [V*K, 5] with batch indices offset by v*images.
+    """rois [K, R] or batched [.., V, ..] -> [V*K, R] with batch indices (column 0) offset by
+    v*images.
 
     Invalid indices stay invalid (-1) instead of landing in a neighbouring image.
     """
@@ -165,7 +168,7 @@ def _fold_rois(rois, rois_dim, size: int, images: int):
     offset = (jnp.arange(size, dtype=rois.dtype) * images)[:, None]
     b = jnp.where(valid, jnp.trunc(b) + offset, -1)
     rois = rois.at[..., 0].set(b)
-    return rois.reshape((-1, 5))
+    return rois.reshape((-1, rois.shape[-1]))
 
 
 def _batcher(kernel: Kernel, prim, args, dims, **params):
@@ -265,9 +268,9 @@ def define(*kernels: Kernel) -> list:
         prim.def_abstract_eval(partial(_abstract_eval, kernel))
         _compat.register_lowering(prim, _compat.lower_fun(
             _reference_impl(kernel), multiple_results=prim.multiple_results))
-        if kernel.target in _native.CPU_TARGETS:
+        if kernel.has_target and kernel.target in _native.CPU_TARGETS:
             _compat.register_lowering(prim, _kernel_lowering(kernel), platform="cpu")
-        if kernel.target in _native.CUDA_TARGETS:
+        if kernel.has_target and kernel.target in _native.CUDA_TARGETS:
             _compat.register_lowering(prim, _kernel_lowering(kernel), platform="cuda")
         _compat.primitive_batchers[prim] = partial(_batcher, kernel, prim)
         PRIMITIVES[kernel.name] = prim

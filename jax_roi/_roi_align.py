@@ -32,7 +32,8 @@ ATTRS = ("pooled_h", "pooled_w", "spatial_scale", "sampling_ratio", "aligned", "
     # its backward. Pure JAX on every platform (no kernel): only grad of grad and
     # forward-mode differentiation of the max mode run it.
     Kernel("roi_align_max_gather", ATTRS, (Role.FEATURES, Role.ROIS, Role.ARGMAX),
-           (Role.POOLED,), reference.roi_align_max_gather, transpose="roi_align_max_bwd"),
+           (Role.POOLED,), reference.roi_align_max_gather, transpose="roi_align_max_bwd",
+           has_target=False),
 )
 
 _avg = _kernels.differentiable(roi_align_avg_fwd_p, roi_align_avg_bwd_p)

@@ -21,7 +21,7 @@ roi_pool_fwd_p, roi_pool_bwd_p, roi_pool_gather_p = _kernels.define(
            reference.roi_pool_bwd, transpose="roi_pool_gather"),
     # The features at the recorded winners (pure JAX everywhere, as roi_align_max_gather).
     Kernel("roi_pool_gather", ATTRS, (Role.FEATURES, Role.ROIS, Role.ARGMAX), (Role.POOLED,),
-           reference.roi_pool_gather, transpose="roi_pool_bwd"),
+           reference.roi_pool_gather, transpose="roi_pool_bwd", has_target=False),
 )
 
 _pool = _kernels.differentiable(roi_pool_fwd_p, roi_pool_bwd_p)

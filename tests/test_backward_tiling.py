@@ -1,7 +1,7 @@
 """The CPU roi_align avg kernels on maps big enough to split into tasks.
 
 The kernel cuts the gradient into bands of rows and blocks of channels, each about 512 KiB
-of accumulators (see PlanBands in xla_kernels/cpu/roi_align_cpu.cc); the parity suite's small
+of accumulators (see PlanBands in xla_kernels/cpu/roi_align_avg_bwd_cpu.cc); the parity suite's small
 maps fit in one band. These shapes force several bands, several channel blocks with a ragged
 last one (not a multiple of 8), a width that is not a multiple of 8 (the NCHW transpose's
 tails), and rois that cross band edges, hang off the map, or are reversed, against the

@@ -231,7 +231,7 @@ def test_roi_align_avg_parity_many_channels(cfg, dtype, layout):
 
 
 # The NCHW avg forward takes one of three CPU paths by how many bytes the output has against
-# one channel of the maps (xla_kernels/cpu/roi_align_cpu.cc, TileChannels): the whole map copied
+# one channel of the maps (xla_kernels/cpu/roi_align_avg_fwd_cpu.cc, TileChannels): the whole map copied
 # channels-last at once, the copy in blocks of channels, or (too few output bytes for 16
 # channels of the copy, which holds float32 for 16-bit maps) the plane loop.
 # (K, C, H, W, output) for each:

@@ -15,8 +15,8 @@ MAX_GRID = 32768
 
 # Elements of running state ([Kc, PH, PW, C]) per roi chunk. Chunks bound the memory of
 # one loop step and give each chunk its own trip count; each costs a fixed overhead of a few
-# hundred microseconds on CPU, so they should not be too small. Measured on a 2-core CPU
-# (7x7 bins, 256 channels): 2**17 to 2**19 are all close.
+# hundred microseconds on CPU, so they should not be too small
+# (benchmarks/results/cpu_design.md).
 CHUNK_ELEMENTS = 2**19
 
 

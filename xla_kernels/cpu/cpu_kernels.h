@@ -15,7 +15,7 @@ namespace cpu {
 
 namespace ffi = xla::ffi;
 
-// Hand-tuned: roi_align_cpu.cc.
+// Hand-tuned: roi_align_avg_fwd_cpu.cc, roi_align_avg_bwd_cpu.cc, roi_align_max_cpu.cc.
 ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
                    ops::RoiAlignAvgFwd);
 ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,

@@ -1,8 +1,7 @@
 // float16 <-> float32 for eight lanes at a time, with integer vector operations (GCC vector
 // extensions: AVX2 in the kernels' AVX2 clone, SSE2 pairs in the baseline one). The scalar
-// conversions of dtypes.h compile to branches that never vectorise, which left the float16
-// forward several times slower than the float32 one. These are the same functions lane by
-// lane, bit for bit (checked over every half and every float).
+// conversions of dtypes.h compile to branches that never vectorise. These are the same
+// functions lane by lane, bit for bit (checked over every half and every float).
 #ifndef JAX_ROI_CPU_HALF_LANES_H_
 #define JAX_ROI_CPU_HALF_LANES_H_
 

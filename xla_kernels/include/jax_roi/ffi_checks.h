@@ -104,11 +104,13 @@ inline ffi::Error ReadElementType(const std::string& family, ffi::DataType type,
   return ffi::Error::Success();
 }
 
-// kRois: [K, 5] in the compute type of the features (f64 for f64 features, else f32).
+// kRois: [K, width] rows (batch_index, box...) in the compute type of the features (f64 for
+// f64 features, else f32); width is 5 for axis-aligned boxes.
 inline ffi::Error ReadRois(const std::string& op, const Operand& r, ElementType type,
-                           RoiShape* s) {
-  if (r.dims.size() != 2 || r.dims[1] != 5) {
-    return InvalidArgument(op, "rois must have shape [K, 5], got " + DimsToString(r.dims));
+                           int64_t width, RoiShape* s) {
+  if (r.dims.size() != 2 || r.dims[1] != width) {
+    const std::string want = width == 5 ? "[K, 5]" : "[K, " + std::to_string(width) + "]";
+    return InvalidArgument(op, "rois must have shape " + want + ", got " + DimsToString(r.dims));
   }
   const ffi::DataType want =
       type == ElementType::kF64 ? ffi::DataType::F64 : ffi::DataType::F32;
@@ -120,18 +122,19 @@ inline ffi::Error ReadRois(const std::string& op, const Operand& r, ElementType 
   return ffi::Error::Success();
 }
 
-// kPooled / kArgmax: [K, C, PH, PW] or [K, PH, PW, C].
+// kPooled / kArgmax: [K, C_out, PH, PW] or [K, PH, PW, C_out].
 inline ffi::Error CheckPooledShape(const std::string& op, const Operand& x, const RoiShape& s) {
   const auto d = x.dims;
+  const int64_t c = s.c_out;
   const bool ok = d.size() == 4 && d[0] == s.k &&
-                  (s.channels_last ? (d[1] == s.ph && d[2] == s.pw && d[3] == s.c)
-                                   : (d[1] == s.c && d[2] == s.ph && d[3] == s.pw));
+                  (s.channels_last ? (d[1] == s.ph && d[2] == s.pw && d[3] == c)
+                                   : (d[1] == c && d[2] == s.ph && d[3] == s.pw));
   if (ok) return ffi::Error::Success();
   const auto str = [](int64_t v) { return std::to_string(v); };
   const std::string want =
       s.channels_last ? "[K, PH, PW, C] = [" + str(s.k) + ", " + str(s.ph) + ", " + str(s.pw) +
-                            ", " + str(s.c) + "]"
-                      : "[K, C, PH, PW] = [" + str(s.k) + ", " + str(s.c) + ", " + str(s.ph) +
+                            ", " + str(c) + "]"
+                      : "[K, C, PH, PW] = [" + str(s.k) + ", " + str(c) + ", " + str(s.ph) +
                             ", " + str(s.pw) + "]";
   return InvalidArgument(op, std::string(x.name) + " must have shape " + want + ", got " +
                                  DimsToString(d));
@@ -190,8 +193,9 @@ ffi::Error CountOperands(const std::string& op, size_t args, size_t rets) {
                                  std::to_string(args) + " and " + std::to_string(rets));
 }
 
-// Checks the operands and results of op `Op` (its role lists Op::kArgs and Op::kRets) and
-// its attributes; fills `call`. The feature-map-shaped buffer is read first (it gives the
+// Checks the operands and results of op `Op` (its role lists Op::kArgs and Op::kRets, its
+// roi row width Op::kRoiWidth, its output channels Op::OutChannels(C, attrs)) and its
+// attributes; fills `call`. The feature-map-shaped buffer is read first (it gives the
 // element type and N, C, H, W), then the rois (K), then every pooled-shaped buffer.
 template <typename Op>
 ffi::Error DecodeCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
@@ -233,9 +237,16 @@ ffi::Error DecodeCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
   JAX_ROI_RETURN_IF_ERROR(ReadFeatureShape(op, *map, &s));
   JAX_ROI_RETURN_IF_ERROR(ReadElementType(Op::kFamily, map->type, &call->type));
   for (size_t i = 0; i < kArgs + kRets; ++i) {
-    if (roles[i] == Role::kRois) JAX_ROI_RETURN_IF_ERROR(ReadRois(op, operands[i], call->type, &s));
+    if (roles[i] == Role::kRois) {
+      JAX_ROI_RETURN_IF_ERROR(ReadRois(op, operands[i], call->type, Op::kRoiWidth, &s));
+    }
   }
   JAX_ROI_RETURN_IF_ERROR(CheckAttrs(op, attrs));
+  s.c_out = Op::OutChannels(s.c, attrs);
+  if (s.c_out < 0) {
+    return InvalidArgument(op, std::string("features channels must be ") + Op::kChannelsRule +
+                                   ", got C = " + std::to_string(s.c));
+  }
   for (size_t i = 0; i < kArgs + kRets; ++i) {
     const Operand& x = operands[i];
     if (roles[i] == Role::kPooled) {

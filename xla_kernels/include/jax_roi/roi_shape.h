@@ -10,10 +10,12 @@
 namespace jax_roi {
 
 // Sizes of one roi op, read from its buffers. Features are [N, C, H, W] or [N, H, W, C];
-// pooled tensors (outputs, gradients, argmax) are [K, C, PH, PW] or [K, PH, PW, C].
+// pooled tensors (outputs, gradients, argmax) are [K, C_out, PH, PW] or [K, PH, PW, C_out],
+// where C_out is the op's function of C (C itself but for the position-sensitive ops).
 struct RoiShape {
   int64_t n = 0, c = 0, h = 0, w = 0;
   int64_t k = 0, ph = 0, pw = 0;
+  int64_t c_out = 0;
   bool channels_last = false;
 };
 

@@ -14,9 +14,19 @@
 namespace jax_roi {
 namespace ops {
 
+// The call contract's defaults: rois [K, 5], as many output channels as input channels.
+// An op overrides them (the position-sensitive ops: C_out = C / (PH * PW), and -1 with
+// kChannelsRule "divisible by PH * PW" for a C that does not fit; rotated boxes: rows of 6).
+template <typename AttrsT>
+struct DefaultContract {
+  static constexpr int64_t kRoiWidth = 5;
+  static constexpr const char* kChannelsRule = "";
+  static int64_t OutChannels(int64_t c, const AttrsT&) { return c; }
+};
+
 // (features, rois) -> output [, argmax]. No scratch: CUDA-graph safe.
 template <typename Body, typename AttrsT, bool kArgmax>
-struct ForwardPolicy {
+struct ForwardPolicy : DefaultContract<AttrsT> {
   using Attrs = AttrsT;
   static constexpr bool kUsesScratch = false;
   static size_t ScratchBytes(const RoiCall&, const Attrs&) { return 0; }
@@ -43,7 +53,7 @@ struct ForwardWithArgmax : ForwardPolicy<Body, AttrsT, true> {
 // (grad, rois [, argmax]) -> grad_features: the atomic scatter or, with `deterministic`, the
 // gather over the roi lists; scratch for either (device::BackwardScratchBytes).
 template <typename Body, typename AttrsT, bool kArgmax>
-struct BackwardPolicy {
+struct BackwardPolicy : DefaultContract<AttrsT> {
   using Attrs = AttrsT;
   static constexpr bool kUsesScratch = true;
   static size_t ScratchBytes(const RoiCall& c, const Attrs& a) {

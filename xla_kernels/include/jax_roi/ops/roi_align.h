@@ -1,6 +1,6 @@
 // roi_align: its device bodies (avg and max modes: forward, atomic scatter, deterministic
 // gather, footprint; the math is roi_math.h's) and the policies of its four targets. The CPU's
-// hand-tuned kernels are in xla_kernels/cpu/roi_align_cpu.cc.
+// hand-tuned kernels are in xla_kernels/cpu/roi_align_*_cpu.cc.
 #ifndef JAX_ROI_OPS_ROI_ALIGN_H_
 #define JAX_ROI_OPS_ROI_ALIGN_H_
 
