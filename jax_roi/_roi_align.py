@@ -82,17 +82,9 @@ def roi_align(
     w.r.t. ``rois`` is zero. Exact semantics: docs/semantics.md, "roi_align".
     """
     op = "roi_align"
-    features, rois = check.features_and_rois(op, features, rois, layout)
-    ph, pw = check.output_size(op, output_size)
-    params = (
-        ("pooled_h", ph),
-        ("pooled_w", pw),
-        ("spatial_scale", check.spatial_scale(op, spatial_scale)),
-        ("sampling_ratio", check.sampling_ratio(op, sampling_ratio)),
-        ("aligned", check.flag(op, "aligned", aligned)),
-        ("channels_last", layout == "NHWC"),
-        ("deterministic", check.deterministic(op, deterministic)),
-    )
+    features, rois, params = check.pooled_call(op, features, rois, output_size, spatial_scale,
+                                               layout, deterministic)
+    params += (("sampling_ratio", check.sampling_ratio(op, sampling_ratio)),
+               ("aligned", check.flag(op, "aligned", aligned)))
     fn = _avg if check.mode(op, mode) == "avg" else _max
-    rois = rois.astype(check.compute_dtype(features.dtype))
     return fn(features, rois, tuple(features.shape), params)

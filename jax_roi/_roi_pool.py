@@ -56,15 +56,6 @@ def roi_pool(
       each bin's first maximum (row-major); the gradient w.r.t. ``rois`` is zero. Exact
       semantics: docs/semantics.md, "roi_pool".
     """
-    op = "roi_pool"
-    features, rois = check.features_and_rois(op, features, rois, layout)
-    ph, pw = check.output_size(op, output_size)
-    params = (
-        ("pooled_h", ph),
-        ("pooled_w", pw),
-        ("spatial_scale", check.spatial_scale(op, spatial_scale)),
-        ("channels_last", layout == "NHWC"),
-        ("deterministic", check.deterministic(op, deterministic)),
-    )
-    rois = rois.astype(check.compute_dtype(features.dtype))
+    features, rois, params = check.pooled_call("roi_pool", features, rois, output_size,
+                                               spatial_scale, layout, deterministic)
     return _pool(features, rois, tuple(features.shape), params)

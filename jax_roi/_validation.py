@@ -112,3 +112,16 @@ def deterministic(op: str, value: Any) -> bool:
     Read at trace time: a function traced before XLA_FLAGS changed keeps what it had.
     """
     return flag(op, "deterministic", value) or xla_flags_deterministic()
+
+
+
+def pooled_call(op: str, features: Any, rois: Any, size: Any, scale: Any, layout: Any,
+                det: Any):
+    """The checks every pooled op makes: (features, rois in the compute type, params), where
+    params are the family attributes they share, as (name, value) pairs: pooled_h, pooled_w,
+    spatial_scale, channels_last, deterministic."""
+    features, rois = features_and_rois(op, features, rois, layout)
+    ph, pw = output_size(op, size)
+    params = (("pooled_h", ph), ("pooled_w", pw), ("spatial_scale", spatial_scale(op, scale)),
+              ("channels_last", layout == "NHWC"), ("deterministic", deterministic(op, det)))
+    return features, rois.astype(compute_dtype(features.dtype)), params

@@ -20,6 +20,17 @@
 namespace jax_roi {
 namespace cpu {
 
+// f(in, rois, out) with a call's first operand (features, or the pooled gradient), its rois
+// and its first result (output, or the feature gradient) typed by the call's element type.
+template <typename F>
+ffi::Future VisitBuffers(const RoiCall& c, F&& f) {
+  return VisitElementType(c.type, [&](auto tag) {
+    using T = decltype(tag);
+    return f(static_cast<const T*>(c.args[0]),
+             static_cast<const typename Accum<T>::type*>(c.args[1]), static_cast<T*>(c.rets[0]));
+  });
+}
+
 // Gradient accumulation target of one backward task (image n, channels [c0, c0 + cb)). For
 // 32/64-bit NCHW features it is the output itself (the block's planes are contiguous). 16-bit
 // gradients accumulate in float in a task-local buffer and are rounded once when the task

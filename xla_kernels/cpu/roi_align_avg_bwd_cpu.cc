@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -236,12 +237,9 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
                    ops::RoiAlignAvgBwd) {
   const RoiShape s = c.s;
   const RoiParams params = ToRoiParams(a);
-  return VisitElementType(c.type, [&](auto tag) {
-    using T = decltype(tag);
+  return VisitBuffers(c, [&](const auto* g, const auto* r, auto* d) {
+    using T = std::remove_pointer_t<decltype(d)>;
     using A = typename Accum<T>::type;
-    const T* g = static_cast<const T*>(c.args[0]);
-    const A* r = static_cast<const A*>(c.args[1]);
-    T* d = static_cast<T*>(c.rets[0]);
     PreferHugePages(d, FeatureBytes(s, sizeof(T)));
     const BandPlan plan = PlanBands(s, sizeof(A));
     auto table = AcquireAvgBwdTable<A>();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -251,12 +252,9 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
   const RoiShape s = c.s;
   const double spatial_scale = a.spatial_scale;
   const RoiParams params = ToRoiParams(a);
-  return VisitElementType(c.type, [&](auto tag) {
-    using T = decltype(tag);
+  return VisitBuffers(c, [&](const auto* f, const auto* r, auto* o) {
+    using T = std::remove_pointer_t<decltype(o)>;
     using A = typename Accum<T>::type;
-    const T* f = static_cast<const T*>(c.args[0]);
-    const A* r = static_cast<const A*>(c.args[1]);
-    T* o = static_cast<T*>(c.rets[0]);
     if (!s.channels_last) {
       if (const int64_t cb = TileChannels(s, sizeof(A), sizeof(T)))
         return AlignAvgFwdThroughTiles(pool, f, r, o, s, params, cb);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -183,12 +184,8 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
   const double spatial_scale = a.spatial_scale;
   const RoiParams params = ToRoiParams(a);
   int32_t* am = static_cast<int32_t*>(c.rets[1]);
-  return VisitElementType(c.type, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Accum<T>::type;
-    const T* f = static_cast<const T*>(c.args[0]);
-    const A* r = static_cast<const A*>(c.args[1]);
-    T* o = static_cast<T*>(c.rets[0]);
+  return VisitBuffers(c, [&](const auto* f, const auto* r, auto* o) {
+    using T = std::remove_pointer_t<decltype(o)>;
     return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 32, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxFwdTask<T, true>(f, r, o, am, s, params, k, c0, cb);
       else AlignMaxFwdTask<T, false>(f, r, o, am, s, params, k, c0, cb);
@@ -201,12 +198,9 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const AlignAttrs& a,
   const RoiShape s = c.s;
   const RoiParams params = ToRoiParams(a);
   const int32_t* am = static_cast<const int32_t*>(c.args[2]);
-  return VisitElementType(c.type, [&](auto tag) {
-    using T = decltype(tag);
+  return VisitBuffers(c, [&](const auto* g, const auto* r, auto* d) {
+    using T = std::remove_pointer_t<decltype(d)>;
     using A = typename Accum<T>::type;
-    const T* g = static_cast<const T*>(c.args[0]);
-    const A* r = static_cast<const A*>(c.args[1]);
-    T* d = static_cast<T*>(c.rets[0]);
     PreferHugePages(d, FeatureBytes(s, sizeof(T)));
     return RunPerImage(pool, s, sizeof(A), 16, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) AlignMaxBwdTask<T, true>(g, r, am, d, s, params, n, c0, cb);

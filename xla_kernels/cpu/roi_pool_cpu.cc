@@ -114,12 +114,8 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const PoolAttrs& a,
   const RoiShape s = c.s;
   const double spatial_scale = a.spatial_scale;
   int32_t* am = static_cast<int32_t*>(c.rets[1]);
-  return VisitElementType(c.type, [&](auto tag) {
-    using T = decltype(tag);
-    using A = typename Accum<T>::type;
-    const T* f = static_cast<const T*>(c.args[0]);
-    const A* r = static_cast<const A*>(c.args[1]);
-    T* o = static_cast<T*>(c.rets[0]);
+  return VisitBuffers(c, [&](const auto* f, const auto* r, auto* o) {
+    using T = std::remove_pointer_t<decltype(o)>;
     return RunPerRoi(pool, s, r, spatial_scale, sizeof(T), 8, [=](int64_t k, int64_t c0, int64_t cb) {
       if (s.channels_last) PoolFwdTask<T, true>(f, r, o, am, s, spatial_scale, k, c0, cb);
       else PoolFwdTask<T, false>(f, r, o, am, s, spatial_scale, k, c0, cb);
@@ -131,12 +127,9 @@ ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const PoolAttrs& a,
                    ops::RoiPoolBwd) {
   const RoiShape s = c.s;
   const int32_t* am = static_cast<const int32_t*>(c.args[2]);
-  return VisitElementType(c.type, [&](auto tag) {
-    using T = decltype(tag);
+  return VisitBuffers(c, [&](const auto* g, const auto* r, auto* d) {
+    using T = std::remove_pointer_t<decltype(d)>;
     using A = typename Accum<T>::type;
-    const T* g = static_cast<const T*>(c.args[0]);
-    const A* r = static_cast<const A*>(c.args[1]);
-    T* d = static_cast<T*>(c.rets[0]);
     PreferHugePages(d, FeatureBytes(s, sizeof(T)));
     return RunPerImage(pool, s, sizeof(A), 1, [=](int64_t n, int64_t c0, int64_t cb) {
       if (s.channels_last) PoolBwdTask<T, true>(g, r, am, d, s, n, c0, cb);

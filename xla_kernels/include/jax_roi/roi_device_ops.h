@@ -32,7 +32,8 @@ namespace device {
 // An op's bodies are the static members of one struct (in its op file, jax_roi/ops/):
 //   Forward(features, rois, L, params, PooledPos) -> A, or MaxResult<A> with an argmax
 //   Scatter(grad, rois, argmax, target, L, params, PooledPos)      atomic backward
-//   Gather(grad, rois, argmax, dfeat, L, params, lists, GatherPos) deterministic backward
+//   GatherRoi(grad, rois, argmax, k, L, params, GatherPos, acc)  roi k's deterministic
+//     backward at one pixel: adds to the thread's channel tile `acc`
 //   Footprint(rois, k, shape, params, whole_map) -> RoiFootprint   pixels a roi reaches
 // `argmax` is null for an op without one.
 // ---------------------------------------------------------------------------------------
@@ -77,6 +78,8 @@ struct ScatterKernel {
   }
 };
 
+// A deterministic-backward thread: its pixel's channel tile summed over the rois listed for
+// its tile whose footprint holds it (RoiCursor), in index order, by Body::GatherRoi.
 template <typename Body, typename T>
 struct GatherKernel {
   using A = typename Accum<T>::type;
@@ -89,7 +92,15 @@ struct GatherKernel {
   RoiLists lists;
   JAX_ROI_HD int64_t size() const { return GatherCount(L.s); }
   JAX_ROI_HD void operator()(int64_t i) const {
-    Body::Gather(grad, rois, argmax, dfeat, L, params, lists, GatherAt(L.s, i));
+    const GatherPos e = GatherAt(L.s, i);
+    A acc[kGatherTile];
+    JAX_ROI_UNROLL
+    for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
+    RoiCursor rois_here(lists, e);  // valid rois of image e.n only
+    for (int64_t k; (k = rois_here.Next()) >= 0;) {
+      Body::GatherRoi(grad, rois, argmax, k, L, params, e, acc);
+    }
+    StoreTile(dfeat, L, e, acc);
   }
 };
 

@@ -1,7 +1,9 @@
 // The policy shapes shared by the ops (forward or backward, with or without an argmax), for
 // the generic handlers: operand roles, scratch, and the device plan that runs the op's
-// bodies. An op's policy derives from one and adds its name and family:
-//   struct RoiAlignAvgFwd : Forward<device::AlignAvg, AlignAttrs> { kName, kFamily };
+// bodies. An op's policy derives from one and adds its name (the op list's) and family:
+//   struct RoiAlignAvgFwd : Forward<device::AlignAvg, AlignAttrs> {
+//     JAX_ROI_TARGET_NAMES("roi_align_avg_fwd", "roi_align")
+//   };
 #ifndef JAX_ROI_OPS_POLICIES_H_
 #define JAX_ROI_OPS_POLICIES_H_
 
@@ -10,6 +12,11 @@
 
 #include "jax_roi/roi_call.h"
 #include "jax_roi/roi_device_ops.h"
+
+// A policy's kName (as in the op list and the messages) and kFamily (the messages' family).
+#define JAX_ROI_TARGET_NAMES(name, family)  \
+  static constexpr const char* kName = name; \
+  static constexpr const char* kFamily = family;
 
 namespace jax_roi {
 namespace ops {

@@ -31,8 +31,32 @@ JAX_ROI_HD A BilinearAt(const T* plane, const Strides& st, const Lerp<A>& ty, co
          w4 * Load<A>(plane[ty.hi * st.y + tx.hi * st.x]);
 }
 
-// The roi_align geometry's footprint, shared by both modes.
+// What both roi_align modes share: the footprint, the bins reaching a pixel, the taps.
 struct AlignBody {
+  // Roi k's geometry and the bins of it that reach pixel e (false: none).
+  template <typename A>
+  static JAX_ROI_HD bool Reach(const A* rois, int64_t k, const Layout& L,
+                               const RoiParams& params, const GatherPos& e,
+                               AlignRoiGeometry<A>* g, BinRange* by, BinRange* bx) {
+    *g = AlignRoiOf(rois, k, L.s, params);
+    if (!g->ok) return false;
+    *by = TouchBins(g->y, L.s.ph, e.y, L.s.h);
+    if (by->begin >= by->end) return false;
+    *bx = TouchBins(g->x, L.s.pw, e.x, L.s.w);
+    return bx->begin < bx->end;
+  }
+
+  // v times each of one sample's four bilinear weights, added at its taps in `plane`, corner
+  // order (lo, lo), (lo, hi), (hi, lo), (hi, hi).
+  template <typename A>
+  static JAX_ROI_HD void ScatterTaps(A* plane, const Strides& st, const Lerp<A>& ty,
+                                     const Lerp<A>& tx, A v) {
+    AtomicAdd(plane + ty.lo * st.y + tx.lo * st.x, v * (ty.wlo * tx.wlo));
+    AtomicAdd(plane + ty.lo * st.y + tx.hi * st.x, v * (ty.wlo * tx.whi));
+    AtomicAdd(plane + ty.hi * st.y + tx.lo * st.x, v * (ty.whi * tx.wlo));
+    AtomicAdd(plane + ty.hi * st.y + tx.hi * st.x, v * (ty.whi * tx.whi));
+  }
+
   // `whole_map`: the whole image for every valid roi, which makes the gather visit what a
   // walk over all rois visits (a test hook: the emulation compares the two bit for bit).
   template <typename A>
@@ -85,10 +109,7 @@ struct AlignAvg : AlignBody {
       for (int64_t ix = rx.lo; ix < rx.hi; ++ix) {
         Lerp<A> tx;
         if (!LerpAt(SampleCoord(g.x, e.q, ix), L.s.w, &tx)) continue;
-        AtomicAdd(plane + ty.lo * L.feat.y + tx.lo * L.feat.x, gc * (ty.wlo * tx.wlo));
-        AtomicAdd(plane + ty.lo * L.feat.y + tx.hi * L.feat.x, gc * (ty.wlo * tx.whi));
-        AtomicAdd(plane + ty.hi * L.feat.y + tx.lo * L.feat.x, gc * (ty.whi * tx.wlo));
-        AtomicAdd(plane + ty.hi * L.feat.y + tx.hi * L.feat.x, gc * (ty.whi * tx.whi));
+        ScatterTaps(plane, L.feat, ty, tx, gc);
       }
     }
   }
@@ -96,37 +117,27 @@ struct AlignAvg : AlignBody {
   // roi_align avg: pixel weight of bin (p, q) = (y-axis weight) * (x-axis weight) / count,
   // the bilinear weights factoring by axis.
   template <typename T, typename A>
-  static JAX_ROI_HD void Gather(const T* grad, const A* rois, const int32_t* argmax, T* dfeat,
-                                const Layout& L, const RoiParams& params, const RoiLists& lists,
-                                const GatherPos& e) {
-    A acc[kGatherTile];
-    JAX_ROI_UNROLL
-    for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
-    RoiCursor rois_here(lists, e);  // valid rois of image e.n only
-    for (int64_t k; (k = rois_here.Next()) >= 0;) {
-      const AlignRoiGeometry<A> g = AlignRoiOf(rois, k, L.s, params);
-      if (!g.ok) continue;
-      const BinRange by = TouchBins(g.y, L.s.ph, e.y, L.s.h);
-      if (by.begin >= by.end) continue;
-      const BinRange bx = TouchBins(g.x, L.s.pw, e.x, L.s.w);
-      if (bx.begin >= bx.end) continue;
-      const A count = AlignSampleCount(g);
-      for (int64_t p = by.begin; p < by.end; ++p) {
-        A wy;
-        if (!BinWeightAt(g.y, p, e.y, L.s.h, &wy)) continue;
-        for (int64_t q = bx.begin; q < bx.end; ++q) {
-          A wx;
-          if (!BinWeightAt(g.x, q, e.x, L.s.w, &wx)) continue;
-          const A w = wy * wx / count;
-          const T* gp = grad + Offset(L.pooled, k, e.c0, p, q);
-          JAX_ROI_UNROLL
-          for (int j = 0; j < kGatherTile; ++j) {
-            if (j < e.cn) acc[j] += w * Load<A>(gp[j * e.cstep * L.pooled.c]);
-          }
+  static JAX_ROI_HD void GatherRoi(const T* grad, const A* rois, const int32_t* argmax,
+                                   int64_t k, const Layout& L, const RoiParams& params,
+                                   const GatherPos& e, A (&acc)[kGatherTile]) {
+    AlignRoiGeometry<A> g;
+    BinRange by, bx;
+    if (!Reach(rois, k, L, params, e, &g, &by, &bx)) return;
+    const A count = AlignSampleCount(g);
+    for (int64_t p = by.begin; p < by.end; ++p) {
+      A wy;
+      if (!BinWeightAt(g.y, p, e.y, L.s.h, &wy)) continue;
+      for (int64_t q = bx.begin; q < bx.end; ++q) {
+        A wx;
+        if (!BinWeightAt(g.x, q, e.x, L.s.w, &wx)) continue;
+        const A w = wy * wx / count;
+        const T* gp = grad + Offset(L.pooled, k, e.c0, p, q);
+        JAX_ROI_UNROLL
+        for (int j = 0; j < kGatherTile; ++j) {
+          if (j < e.cn) acc[j] += w * Load<A>(gp[j * e.cstep * L.pooled.c]);
         }
       }
     }
-    StoreTile(dfeat, L, e, acc);
   }
 };
 
@@ -176,57 +187,44 @@ struct AlignMax : AlignBody {
       return;
     const A gv = Load<A>(grad[o]);
     A* plane = target + Offset(L.feat, g.n, e.c, 0, 0);
-    AtomicAdd(plane + ty.lo * L.feat.y + tx.lo * L.feat.x, gv * (ty.wlo * tx.wlo));
-    AtomicAdd(plane + ty.lo * L.feat.y + tx.hi * L.feat.x, gv * (ty.wlo * tx.whi));
-    AtomicAdd(plane + ty.hi * L.feat.y + tx.lo * L.feat.x, gv * (ty.whi * tx.wlo));
-    AtomicAdd(plane + ty.hi * L.feat.y + tx.hi * L.feat.x, gv * (ty.whi * tx.whi));
+    ScatterTaps(plane, L.feat, ty, tx, gv);
   }
 
   // roi_align max: the winner recorded for (k, c, p, q) sends g * (its tap weights) to the
   // pixel when one of its taps lands there; its bin is then among the bins that reach the
   // pixel. Corner order as in the scatter: (lo, lo), (lo, hi), (hi, lo), (hi, hi).
   template <typename T, typename A>
-  static JAX_ROI_HD void Gather(const T* grad, const A* rois, const int32_t* argmax, T* dfeat,
-                                const Layout& L, const RoiParams& params, const RoiLists& lists,
-                                const GatherPos& e) {
-    A acc[kGatherTile];
-    JAX_ROI_UNROLL
-    for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
-    RoiCursor rois_here(lists, e);  // valid rois of image e.n only
-    for (int64_t k; (k = rois_here.Next()) >= 0;) {
-      const AlignRoiGeometry<A> g = AlignRoiOf(rois, k, L.s, params);
-      if (!g.ok) continue;
-      const BinRange by = TouchBins(g.y, L.s.ph, e.y, L.s.h);
-      if (by.begin >= by.end) continue;
-      const BinRange bx = TouchBins(g.x, L.s.pw, e.x, L.s.w);
-      if (bx.begin >= bx.end) continue;
-      const int64_t gw = g.x.grid, samples = g.y.grid * gw;
-      for (int64_t p = by.begin; p < by.end; ++p) {
-        for (int64_t q = bx.begin; q < bx.end; ++q) {
-          const int64_t o = Offset(L.pooled, k, e.c0, p, q);
-          JAX_ROI_UNROLL
-          for (int j = 0; j < kGatherTile; ++j) {
-            if (j >= e.cn) continue;
-            const int64_t oc = o + j * e.cstep * L.pooled.c;
-            const int64_t sample = argmax[oc];
-            if (sample < 0 || sample >= samples) continue;
-            Lerp<A> ty, tx;
-            if (!LerpAt(SampleCoord(g.y, p, sample / gw), L.s.h, &ty) ||
-                !LerpAt(SampleCoord(g.x, q, sample % gw), L.s.w, &tx))
-              continue;
-            const bool ylo = ty.lo == e.y, yhi = ty.hi == e.y;
-            const bool xlo = tx.lo == e.x, xhi = tx.hi == e.x;
-            if (!((ylo || yhi) && (xlo || xhi))) continue;
-            const A gv = Load<A>(grad[oc]);
-            if (ylo && xlo) acc[j] += gv * (ty.wlo * tx.wlo);
-            if (ylo && xhi) acc[j] += gv * (ty.wlo * tx.whi);
-            if (yhi && xlo) acc[j] += gv * (ty.whi * tx.wlo);
-            if (yhi && xhi) acc[j] += gv * (ty.whi * tx.whi);
-          }
+  static JAX_ROI_HD void GatherRoi(const T* grad, const A* rois, const int32_t* argmax,
+                                   int64_t k, const Layout& L, const RoiParams& params,
+                                   const GatherPos& e, A (&acc)[kGatherTile]) {
+    AlignRoiGeometry<A> g;
+    BinRange by, bx;
+    if (!Reach(rois, k, L, params, e, &g, &by, &bx)) return;
+    const int64_t gw = g.x.grid, samples = g.y.grid * gw;
+    for (int64_t p = by.begin; p < by.end; ++p) {
+      for (int64_t q = bx.begin; q < bx.end; ++q) {
+        const int64_t o = Offset(L.pooled, k, e.c0, p, q);
+        JAX_ROI_UNROLL
+        for (int j = 0; j < kGatherTile; ++j) {
+          if (j >= e.cn) continue;
+          const int64_t oc = o + j * e.cstep * L.pooled.c;
+          const int64_t sample = argmax[oc];
+          if (sample < 0 || sample >= samples) continue;
+          Lerp<A> ty, tx;
+          if (!LerpAt(SampleCoord(g.y, p, sample / gw), L.s.h, &ty) ||
+              !LerpAt(SampleCoord(g.x, q, sample % gw), L.s.w, &tx))
+            continue;
+          const bool ylo = ty.lo == e.y, yhi = ty.hi == e.y;
+          const bool xlo = tx.lo == e.x, xhi = tx.hi == e.x;
+          if (!((ylo || yhi) && (xlo || xhi))) continue;
+          const A gv = Load<A>(grad[oc]);
+          if (ylo && xlo) acc[j] += gv * (ty.wlo * tx.wlo);
+          if (ylo && xhi) acc[j] += gv * (ty.wlo * tx.whi);
+          if (yhi && xlo) acc[j] += gv * (ty.whi * tx.wlo);
+          if (yhi && xhi) acc[j] += gv * (ty.whi * tx.whi);
         }
       }
     }
-    StoreTile(dfeat, L, e, acc);
   }
 };
 
@@ -239,23 +237,19 @@ struct AlignMax : AlignBody {
 namespace ops {
 
 struct RoiAlignAvgFwd : Forward<device::AlignAvg, AlignAttrs> {
-  static constexpr const char* kName = "roi_align_avg_fwd";
-  static constexpr const char* kFamily = "roi_align";
+  JAX_ROI_TARGET_NAMES("roi_align_avg_fwd", "roi_align")
 };
 
 struct RoiAlignAvgBwd : Backward<device::AlignAvg, AlignAttrs> {
-  static constexpr const char* kName = "roi_align_avg_bwd";
-  static constexpr const char* kFamily = "roi_align";
+  JAX_ROI_TARGET_NAMES("roi_align_avg_bwd", "roi_align")
 };
 
 struct RoiAlignMaxFwd : ForwardWithArgmax<device::AlignMax, AlignAttrs> {
-  static constexpr const char* kName = "roi_align_max_fwd";
-  static constexpr const char* kFamily = "roi_align";
+  JAX_ROI_TARGET_NAMES("roi_align_max_fwd", "roi_align")
 };
 
 struct RoiAlignMaxBwd : BackwardWithArgmax<device::AlignMax, AlignAttrs> {
-  static constexpr const char* kName = "roi_align_max_bwd";
-  static constexpr const char* kFamily = "roi_align";
+  JAX_ROI_TARGET_NAMES("roi_align_max_bwd", "roi_align")
 };
 
 }  // namespace ops

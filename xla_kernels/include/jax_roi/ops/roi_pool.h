@@ -58,33 +58,26 @@ struct PoolMax {
   // roi_pool: g of (k, c, p, q) goes to the pixel whose index argmax recorded; a winner lies
   // in its bin, so only the bins containing the pixel are read.
   template <typename T, typename A>
-  static JAX_ROI_HD void Gather(const T* grad, const A* rois, const int32_t* argmax, T* dfeat,
-                                const Layout& L, const RoiParams& params, const RoiLists& lists,
-                                const GatherPos& e) {
-    A acc[kGatherTile];
-    JAX_ROI_UNROLL
-    for (int j = 0; j < kGatherTile; ++j) acc[j] = A(0);
+  static JAX_ROI_HD void GatherRoi(const T* grad, const A* rois, const int32_t* argmax,
+                                   int64_t k, const Layout& L, const RoiParams& params,
+                                   const GatherPos& e, A (&acc)[kGatherTile]) {
     const int64_t pixel = e.y * L.s.w + e.x;
-    RoiCursor rois_here(lists, e);  // valid rois of image e.n only
-    for (int64_t k; (k = rois_here.Next()) >= 0;) {
-      const PoolRoiGeometry<A> g = PoolRoiOf(rois, k, L.s, params);
-      if (!g.ok) continue;
-      const BinRange by = PoolBinsContaining(g.y, L.s.ph, e.y, L.s.h);
-      if (by.begin >= by.end) continue;
-      const BinRange bx = PoolBinsContaining(g.x, L.s.pw, e.x, L.s.w);
-      if (bx.begin >= bx.end) continue;
-      for (int64_t p = by.begin; p < by.end; ++p) {
-        for (int64_t q = bx.begin; q < bx.end; ++q) {
-          const int64_t o = Offset(L.pooled, k, e.c0, p, q);
-          JAX_ROI_UNROLL
-          for (int j = 0; j < kGatherTile; ++j) {
-            const int64_t oc = o + j * e.cstep * L.pooled.c;
-            if (j < e.cn && argmax[oc] == pixel) acc[j] += Load<A>(grad[oc]);
-          }
+    const PoolRoiGeometry<A> g = PoolRoiOf(rois, k, L.s, params);
+    if (!g.ok) return;
+    const BinRange by = PoolBinsContaining(g.y, L.s.ph, e.y, L.s.h);
+    if (by.begin >= by.end) return;
+    const BinRange bx = PoolBinsContaining(g.x, L.s.pw, e.x, L.s.w);
+    if (bx.begin >= bx.end) return;
+    for (int64_t p = by.begin; p < by.end; ++p) {
+      for (int64_t q = bx.begin; q < bx.end; ++q) {
+        const int64_t o = Offset(L.pooled, k, e.c0, p, q);
+        JAX_ROI_UNROLL
+        for (int j = 0; j < kGatherTile; ++j) {
+          const int64_t oc = o + j * e.cstep * L.pooled.c;
+          if (j < e.cn && argmax[oc] == pixel) acc[j] += Load<A>(grad[oc]);
         }
       }
     }
-    StoreTile(dfeat, L, e, acc);
   }
 
   // The pixels a roi_pool roi's backward can reach (as for roi_align).
@@ -107,13 +100,11 @@ struct PoolMax {
 namespace ops {
 
 struct RoiPoolFwd : ForwardWithArgmax<device::PoolMax, PoolAttrs> {
-  static constexpr const char* kName = "roi_pool_fwd";
-  static constexpr const char* kFamily = "roi_pool";
+  JAX_ROI_TARGET_NAMES("roi_pool_fwd", "roi_pool")
 };
 
 struct RoiPoolBwd : BackwardWithArgmax<device::PoolMax, PoolAttrs> {
-  static constexpr const char* kName = "roi_pool_bwd";
-  static constexpr const char* kFamily = "roi_pool";
+  JAX_ROI_TARGET_NAMES("roi_pool_bwd", "roi_pool")
 };
 
 }  // namespace ops
