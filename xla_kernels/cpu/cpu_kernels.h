@@ -5,7 +5,10 @@
 #ifndef JAX_ROI_CPU_KERNELS_H_
 #define JAX_ROI_CPU_KERNELS_H_
 
+#include <utility>
+
 #include "cpu_executor.h"
+#include "jax_roi/ffi_checks.h"
 #include "jax_roi/op_list.h"
 #include "jax_roi/roi_call.h"
 #include "xla/ffi/api/ffi.h"
@@ -33,6 +36,32 @@ template <typename Op>
 ffi::Future RunCpu(ffi::ThreadPool& pool, const RoiCall& c, const typename Op::Attrs& a, Op) {
   return RunDevicePlan<Op>(pool, c, a);
 }
+
+// `Op` with its hand-tuned kernel hidden: RunCpu takes the generic executor (the exact match
+// of the template beats the tuned overload's conversion to the base). For tests.
+template <typename Op>
+struct OnPool : Op {};
+
+// The CPU FFI handler of op `Op` (cpu_handlers.cc binds one per op of the op list): decode
+// and check the call (ffi_checks.h), then its CPU kernel on XLA's intra-op pool. It returns a
+// future that the last task completes, never blocking a pool thread.
+template <typename Op>
+ffi::Future Handler(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                    typename Op::Attrs attrs) {
+  RoiCall call;
+  if (ffi::Error e = DecodeCall<Op>(args, rets, attrs, &call); e.failure()) {
+    return ErrorFuture(std::move(e));
+  }
+  return RunCpu(pool, call, attrs, Op{});
+}
+
+// The binding of every CPU handler.
+#define JAX_ROI_CPU_BINDING(AttrsType) \
+  ::xla::ffi::Ffi::Bind()              \
+      .Ctx<::xla::ffi::ThreadPool>()   \
+      .RemainingArgs()                 \
+      .RemainingRets()                 \
+      .Attrs<AttrsType>()
 
 }  // namespace cpu
 }  // namespace jax_roi

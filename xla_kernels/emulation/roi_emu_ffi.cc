@@ -7,7 +7,8 @@
 // is a plain += (AtomicAdd in that header), so the emulated scatter sums in index order, one
 // of the orders a GPU may use. Nothing here is fast or meant for use.
 //
-// `jax_roi_emu_<name>_on_pool` runs the same plan through the CPU's generic executor
+// `jax_roi_emu_<name>_on_pool` is the CPU handler of the op with its hand-tuned kernel
+// hidden (cpu::OnPool): the same plan through the CPU's generic executor
 // (xla_kernels/cpu/cpu_executor.h: threaded on XLA's pool, deterministic backward), which
 // serves the ops that have no hand-tuned CPU kernel; tests compare it with the serial run.
 //
@@ -23,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "../cpu/cpu_executor.h"
+#include "../cpu/cpu_kernels.h"
 #include "jax_roi/ffi_checks.h"
 #include "jax_roi/op_list.h"
 #include "jax_roi/roi_device_ops.h"
@@ -83,16 +84,6 @@ ffi::Error Handler(ffi::RemainingArgs args, ffi::RemainingRets rets, typename Op
   SerialExec ex;
   Op::Run(ex, call, attrs, scratch);
   return ffi::Error::Success();
-}
-
-template <typename Op>
-ffi::Future PoolHandler(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                        typename Op::Attrs attrs) {
-  RoiCall call;
-  if (ffi::Error e = DecodeCall<Op>(args, rets, attrs, &call); e.failure()) {
-    return cpu::ErrorFuture(std::move(e));
-  }
-  return cpu::RunDevicePlan<Op>(pool, call, attrs);
 }
 
 namespace {
@@ -160,13 +151,10 @@ ffi::Error Footprints(ffi::AnyBuffer rois, ffi::Result<ffi::Buffer<ffi::S64>> ou
                                 JAX_ROI_EMU_BINDING(Op));
 JAX_ROI_OPS(JAX_ROI_DEFINE_EMU_HANDLER)
 
-#define JAX_ROI_DEFINE_EMU_ON_POOL(name, Op)                                             \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(Op##OnPoolEmu, jax_roi::emulation::PoolHandler<jax_roi::ops::Op>, \
-                                xla::ffi::Ffi::Bind()                                    \
-                                    .Ctx<xla::ffi::ThreadPool>()                         \
-                                    .RemainingArgs()                                     \
-                                    .RemainingRets()                                     \
-                                    .Attrs<jax_roi::ops::Op::Attrs>());
+#define JAX_ROI_DEFINE_EMU_ON_POOL(name, Op)                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(Op##OnPoolEmu,                                      \
+                                jax_roi::cpu::Handler<jax_roi::cpu::OnPool<jax_roi::ops::Op>>, \
+                                JAX_ROI_CPU_BINDING(jax_roi::ops::Op::Attrs));
 JAX_ROI_OPS(JAX_ROI_DEFINE_EMU_ON_POOL)
 
 #define JAX_ROI_DEFINE_EMU_WHOLE_MAP(name, Op)                                    \
