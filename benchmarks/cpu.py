@@ -196,24 +196,13 @@ def reference_fns(layout, p):
 
 
 def forward_times(reps, one_core=False, layouts=("NCHW", "NHWC"), only=""):
-    """jax_roi forward per case and layout (ms), keyed "case/layout"; cases whose name
-    contains `only`. With `one_core`, in a process pinned to one core before jax starts (so
-    XLA's pool has one thread): the subprocess of pool_speedups. benchmarks/ab.py's children
-    call it too."""
+    """jax_roi roi_align avg forward per case and layout (ms), keyed "case/layout"; cases
+    whose name contains `only`. With `one_core`, in a process pinned to one core before jax
+    starts (so XLA's pool has one thread): the subprocess of pool_speedups."""
     if one_core:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    import jax.numpy as jnp
-
-    result = {}
-    for name, n, c, h, w, k, p in CASES:
-        if only not in name:
-            continue
-        feats, rois = make_inputs(n, c, h, w, k)
-        for layout in layouts:
-            f = feats if layout == "NCHW" else np.ascontiguousarray(feats.transpose(0, 2, 3, 1))
-            fwd, _ = jax_roi_fns(layout, p)
-            result[f"{name}/{layout}"] = bench(fwd, jnp.asarray(f), jnp.asarray(rois), reps=reps)
-    return result
+    times = op_times(reps, layouts=layouts, only=only)
+    return {key.replace(" avg fwd/", "/"): ms for key, ms in times.items()}
 
 
 def op_times(reps, layouts=("NCHW", "NHWC"), only="", ops=("avg",), passes=("fwd",)):

@@ -131,24 +131,26 @@ def _has_argmax(op, mode):
     return op == "roi_pool" or mode == "max"
 
 
-def _fwd(prefix, op, mode, x, rois, attrs):
-    """(output, argmax or None) from target `prefix + stem + "_fwd"`."""
+def _fwd(prefix, op, mode, x, rois, attrs, suffix=""):
+    """(output, argmax or None) from target `prefix + stem + "_fwd" + suffix`."""
     shape = _pooled_shape(rois.shape[0], attrs, x.shape[3 if attrs["channels_last"] else 1])
     out = jax.ShapeDtypeStruct(shape, x.dtype)
-    name = f"{prefix}{OPS[op, mode]}_fwd"
+    name = f"{prefix}{OPS[op, mode]}_fwd{suffix}"
     if _has_argmax(op, mode):
         return jax.ffi.ffi_call(name, (out, jax.ShapeDtypeStruct(shape, np.int32)))(
             x, rois, **attrs)
     return jax.ffi.ffi_call(name, out)(x, rois, **attrs), None
 
 
-def _bwd(prefix, op, mode, g, rois, argmax, feature_shape, attrs, deterministic=None):
-    """Feature gradient from target `prefix + stem + "_bwd"` (the CPU ignores `deterministic`)."""
+def _bwd(prefix, op, mode, g, rois, argmax, feature_shape, attrs, deterministic=None,
+         suffix=""):
+    """Feature gradient from target `prefix + stem + "_bwd" + suffix` (the CPU ignores
+    `deterministic`)."""
     if deterministic is not None:
         attrs = {**attrs, "deterministic": bool(deterministic)}
     args = (g, rois) if argmax is None else (g, rois, argmax)
     out = jax.ShapeDtypeStruct(feature_shape, g.dtype)
-    return jax.ffi.ffi_call(f"{prefix}{OPS[op, mode]}_bwd", out)(*args, **attrs)
+    return jax.ffi.ffi_call(f"{prefix}{OPS[op, mode]}_bwd{suffix}", out)(*args, **attrs)
 
 
 def _bits(x):
@@ -672,17 +674,6 @@ def test_emulation_marker_registered(pytestconfig):
 # the CPU's generic executor: the same plans on XLA's thread pool
 # ---------------------------------------------------------------------------------------
 
-def _fwd_on_pool(op, mode, x, rois, attrs):
-    """(output, argmax or None) of the forward through the generic CPU executor."""
-    shape = _pooled_shape(rois.shape[0], attrs, x.shape[3 if attrs["channels_last"] else 1])
-    out = jax.ShapeDtypeStruct(shape, x.dtype)
-    name = f"{EMU_PREFIX}{OPS[op, mode]}_fwd_on_pool"
-    if _has_argmax(op, mode):
-        return jax.ffi.ffi_call(name, (out, jax.ShapeDtypeStruct(shape, np.int32)))(
-            x, rois, **attrs)
-    return jax.ffi.ffi_call(name, out)(x, rois, **attrs), None
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("op,mode", OP_PARAMS)
@@ -699,7 +690,7 @@ def test_generic_cpu_executor_is_the_serial_plan(op, mode, dtype, layout):
     rois = np.concatenate([random_rois(rng, 60, n, h, w), np.asarray(EDGE_ROWS)])
     rois = rois.astype(compute_dtype(dtype))
     out, argmax = _fwd(EMU_PREFIX, op, mode, x, rois, attrs)
-    pool_out, pool_argmax = _fwd_on_pool(op, mode, x, rois, attrs)
+    pool_out, pool_argmax = _fwd(EMU_PREFIX, op, mode, x, rois, attrs, "_on_pool")
     np.testing.assert_array_equal(_bits(pool_out), _bits(out))
     if argmax is not None:
         np.testing.assert_array_equal(np.asarray(pool_argmax), np.asarray(argmax))
@@ -707,8 +698,6 @@ def test_generic_cpu_executor_is_the_serial_plan(op, mode, dtype, layout):
     serial = _bwd(EMU_PREFIX, op, mode, g, rois, argmax, x.shape, attrs, True)
     assert np.count_nonzero(as_f64(serial)) > 50
     for deterministic in (False, True):
-        name = f"{EMU_PREFIX}{OPS[op, mode]}_bwd_on_pool"
-        args = (g, rois) if argmax is None else (g, rois, argmax)
-        pooled = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(x.shape, x.dtype))(
-            *args, **{**attrs, "deterministic": deterministic})
+        pooled = _bwd(EMU_PREFIX, op, mode, g, rois, argmax, x.shape, attrs, deterministic,
+                      "_on_pool")
         np.testing.assert_array_equal(_bits(pooled), _bits(serial))

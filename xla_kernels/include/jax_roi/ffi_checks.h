@@ -185,6 +185,18 @@ inline const char* RoleName(Role role, bool is_result) {
   return "operand";
 }
 
+// Whether a role list holds the feature-map-shaped buffer that gives N, C, H, W.
+template <size_t kArgs, size_t kRets>
+constexpr bool HasFeatureMap(const Role (&args)[kArgs], const Role (&rets)[kRets]) {
+  for (Role r : args) {
+    if (r == Role::kFeatures || r == Role::kFeatureGrad) return true;
+  }
+  for (Role r : rets) {
+    if (r == Role::kFeatures || r == Role::kFeatureGrad) return true;
+  }
+  return false;
+}
+
 template <size_t kArgs, size_t kRets>
 ffi::Error CountOperands(const std::string& op, size_t args, size_t rets) {
   if (args == kArgs && rets == kRets) return ffi::Error::Success();
@@ -203,6 +215,7 @@ ffi::Error DecodeCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
   constexpr size_t kArgs = sizeof(Op::kArgs) / sizeof(Role);
   constexpr size_t kRets = sizeof(Op::kRets) / sizeof(Role);
   static_assert(kArgs <= kMaxOperands && kRets <= kMaxOperands, "too many operands");
+  static_assert(HasFeatureMap(Op::kArgs, Op::kRets), "an op reads or writes a feature map");
   const std::string op = Op::kName;
   JAX_ROI_RETURN_IF_ERROR((CountOperands<kArgs, kRets>(op, args.size(), rets.size())));
 
@@ -233,7 +246,6 @@ ffi::Error DecodeCall(ffi::RemainingArgs args, ffi::RemainingRets rets,
   for (size_t i = 0; i < kArgs + kRets; ++i) {
     if (roles[i] == Role::kFeatures || roles[i] == Role::kFeatureGrad) map = &operands[i];
   }
-  static_assert(kArgs + kRets > 0, "an op has operands");
   JAX_ROI_RETURN_IF_ERROR(ReadFeatureShape(op, *map, &s));
   JAX_ROI_RETURN_IF_ERROR(ReadElementType(Op::kFamily, map->type, &call->type));
   for (size_t i = 0; i < kArgs + kRets; ++i) {
